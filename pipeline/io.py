@@ -1,0 +1,103 @@
+"""Atomic writers and small readers. Every output goes to a temp file that is then renamed.
+
+An interrupted stage therefore never leaves a half-written file at the final path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
+
+    Args:
+        path: Final destination. Parent folders are created.
+        suffix: Suffix of the temp file (some writers pick a format from it); defaults to the
+            suffix of ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=(suffix or path.suffix) + ".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return None if not np.isfinite(obj) else float(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return obj.as_posix()
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def write_json(obj: Any, path: str | Path) -> None:
+    """Write ``obj`` as pretty, key-sorted JSON, atomically (numpy scalars allowed)."""
+    text = json.dumps(obj, indent=2, sort_keys=True, default=_json_default, allow_nan=False)
+    write_text(text + "\n", path)
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def write_text(text: str, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_bytes(data: bytes, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_parquet(df: pd.DataFrame, path: str | Path) -> None:
+    """Write a table as parquet, atomically, without the pandas index."""
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False)
+
+
+def write_csv(df: pd.DataFrame, path: str | Path) -> None:
+    """Write a human-facing table as UTF-8 CSV, atomically."""
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+
+
+def write_npy(array: np.ndarray, path: str | Path) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, array, allow_pickle=False)
+
+
+def write_png(image: np.ndarray, path: str | Path) -> None:
+    """Write an HxW or HxWx3 (RGB) uint8/uint16 array as PNG, atomically."""
+    import cv2
+
+    arr = image
+    if arr.ndim == 3 and arr.shape[2] == 3:
+        arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".png", arr)
+    if not ok:
+        raise ValueError(f"could not encode PNG for {path}")
+    write_bytes(buf.tobytes(), path)

@@ -1,0 +1,84 @@
+"""Contact sheets: a grid of captioned thumbnails, for humans reviewing flagged images."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+
+def to_display_uint8(image: np.ndarray) -> np.ndarray:
+    """Map any decoded image (uint8/uint16/float, gray or RGB) to uint8 RGB for display.
+
+    uint16 images are stretched from their own 0.5th to 99.5th percentile so that 12- and
+    16-bit radiographs are visible; uint8 images are shown as they are.
+    """
+    img = np.asarray(image)
+    if img.dtype != np.uint8:
+        img = img.astype(np.float32)
+        lo, hi = np.percentile(img, [0.5, 99.5]) if img.size else (0.0, 1.0)
+        img = np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1)
+        img = (img * 255).round().astype(np.uint8)
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    return img[:, :, :3]
+
+
+def _fit(image: np.ndarray, tile_px: int) -> np.ndarray:
+    """Resize keeping the aspect ratio and pad to a square tile (grey background)."""
+    h, w = image.shape[:2]
+    scale = tile_px / max(h, w, 1)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    small = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_NEAREST)
+    tile = np.full((tile_px, tile_px, 3), 64, np.uint8)
+    y, x = (tile_px - nh) // 2, (tile_px - nw) // 2
+    tile[y : y + nh, x : x + nw] = small
+    return tile
+
+
+def make_contact_sheet(
+    images: Sequence[np.ndarray],
+    captions: Sequence[str] | None = None,
+    tile_px: int = 128,
+    n_cols: int = 6,
+    caption_px: int = 14,
+) -> np.ndarray:
+    """Lay images out in a grid with a caption under each.
+
+    Args:
+        images: Decoded images of any size, dtype and channel count.
+        captions: One short text per image (cut to fit the tile); ``None`` for no captions.
+        tile_px: Side of each square tile in pixels.
+        n_cols: Tiles per row.
+        caption_px: Height of the caption strip under each tile.
+
+    Returns:
+        uint8 RGB array of shape (rows * (tile_px + caption_px), n_cols * tile_px, 3). An empty
+        input gives a small sheet that says "nothing to show".
+    """
+    if len(images) == 0:
+        sheet = np.full((40, 320, 3), 255, np.uint8)
+        cv2.putText(sheet, "nothing to show", (8, 26), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
+        return sheet
+    captions = list(captions) if captions is not None else [""] * len(images)
+    if len(captions) != len(images):
+        raise ValueError(f"expected one caption per image, got {len(captions)} for {len(images)} images")
+    n_cols = max(1, min(n_cols, len(images)))
+    n_rows = -(-len(images) // n_cols)
+    cell_h = tile_px + caption_px
+    sheet = np.full((n_rows * cell_h, n_cols * tile_px, 3), 255, np.uint8)
+    max_chars = max(4, tile_px // 6)
+    for i, (img, cap) in enumerate(zip(images, captions, strict=True)):
+        r, c = divmod(i, n_cols)
+        y, x = r * cell_h, c * tile_px
+        sheet[y : y + tile_px, x : x + tile_px] = _fit(to_display_uint8(img), tile_px)
+        if cap:
+            text = cap if len(cap) <= max_chars else cap[: max_chars - 2] + ".."
+            cv2.putText(
+                sheet, text, (x + 2, y + tile_px + caption_px - 4), cv2.FONT_HERSHEY_PLAIN, 0.8, (0, 0, 0), 1,
+                cv2.LINE_AA,
+            )
+    return sheet
