@@ -1,0 +1,111 @@
+"""Stage `report`: one self-contained HTML audit page.
+
+Reads: the outputs of every earlier stage (metrics/*.json, data/interim/*.parquet,
+reports/**.png|csv, data/processed/normalizer.json, plots/*.csv, the dvclive curves). Missing
+inputs are shown as "nothing to show" sections rather than failing.
+Writes: reports/audit.html.
+Params: report.n_gallery.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from pipeline.io import read_json, write_text
+from pipeline.params import load_params
+from pipeline.report import AuditInputs, build_report
+
+log = logging.getLogger("stages.report")
+
+
+def _json(path: Path) -> dict | None:
+    return read_json(path) if path.is_file() else None
+
+
+def _table(path: Path) -> pd.DataFrame | None:
+    if not path.is_file():
+        return None
+    if path.suffix == ".parquet":
+        return pd.read_parquet(path)
+    sep = "\t" if path.suffix == ".tsv" else ","
+    return pd.read_csv(path, sep=sep)
+
+
+def _png(path: Path) -> np.ndarray | None:
+    if not path.is_file():
+        return None
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    return None if img is None else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def _curves(live_dir: Path) -> pd.DataFrame | None:
+    """Join dvclive's per-metric TSV files (dvclive/plots/metrics/**.tsv) on the step column."""
+    files = sorted((live_dir / "plots" / "metrics").rglob("*.tsv")) if live_dir.is_dir() else []
+    frames = []
+    for f in files:
+        df = pd.read_csv(f, sep="\t")
+        name = f.relative_to(live_dir / "plots" / "metrics").with_suffix("").as_posix().replace("/", "_")
+        value_col = [c for c in df.columns if c not in ("step", "timestamp")][-1]
+        frames.append(df[["step", value_col]].rename(columns={value_col: name}).set_index("step"))
+    return pd.concat(frames, axis=1).reset_index() if frames else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--metrics", type=Path, default=Path("metrics"))
+    ap.add_argument("--reports", type=Path, default=Path("reports"))
+    ap.add_argument("--interim", type=Path, default=Path("data/interim"))
+    ap.add_argument("--processed", type=Path, default=Path("data/processed"))
+    ap.add_argument("--plots", type=Path, default=Path("plots"))
+    ap.add_argument("--live", type=Path, default=Path("dvclive"))
+    ap.add_argument("--out", type=Path, default=Path("reports/audit.html"))
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    params = load_params(args.params).report
+
+    m, r, i = args.metrics, args.reports, args.interim
+    quality_dir = r / "quality"
+    sheets = {p.stem: _png(p) for p in sorted(quality_dir.glob("*.png"))} if quality_dir.is_dir() else {}
+    inputs = AuditInputs(
+        ingest_metrics=_json(m / "ingest.json"),
+        rejected=_table(r / "ingest" / "rejected.csv"),
+        accounting=_json(m / "accounting.json"),
+        final_states=_table(i / "final_states.parquet"),
+        quality_metrics=_json(m / "quality.json"),
+        quality_sheets={k: v for k, v in sheets.items() if v is not None},
+        dedup_metrics=_json(m / "dedup.json"),
+        duplicates=_table(i / "duplicates.parquet"),
+        dedup_sheet=_png(r / "dedup" / "pairs.png"),
+        curated=_table(i / "curated.parquet"),
+        manifest=_table(i / "manifest.parquet"),
+        split_metrics=_json(m / "split.json"),
+        split_balance=_table(args.plots / "split_balance.csv"),
+        normalizer=_json(args.processed / "normalizer.json"),
+        normalize_metrics=_json(m / "normalize.json"),
+        augment_preview=_png(r / "augment" / "preview.png"),
+        label_issue_metrics=_json(m / "label_issues.json"),
+        label_issues=_table(r / "label_issues.csv"),
+        label_issue_sheet=_png(r / "label_issues" / "top.png"),
+        train_metrics=_json(m / "train.json"),
+        curves=_curves(args.live),
+        test_metrics=_json(m / "test.json"),
+        confusion=_table(args.plots / "confusion.csv"),
+        roc=_table(args.plots / "roc.csv"),
+        demo_truth=_json(m / "demo_truth.json"),
+        n_gallery=params.n_gallery,
+    )
+    page = build_report(inputs)
+    write_text(page, args.out)
+    log.info("wrote %s (%.1f kB)", args.out, len(page) / 1024)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,120 @@
+"""The audit report parses, contains every section and inlines every image."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from html.parser import HTMLParser
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.report import SECTIONS, AuditInputs, build_report
+
+
+class _Collector(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sections: list[str] = []
+        self.img_srcs: list[str] = []
+        self.external: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "section":
+            self.sections.append(a.get("id"))
+        if tag == "img":
+            self.img_srcs.append(a.get("src", ""))
+        for key in ("src", "href"):
+            v = a.get(key)
+            if v and not (v.startswith("data:") or v.startswith("#")):
+                self.external.append(v)
+
+
+def _full_inputs() -> AuditInputs:
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)
+    return AuditInputs(
+        ingest_metrics={"n_files": 10, "n_ok": 8, "n_rejected": 2, "rejected_by_reason": {"truncated": 2}},
+        rejected=pd.DataFrame({"path": ["a.png", "b.jpg"], "reason": ["truncated", "truncated"]}),
+        accounting={"n_files": 10, "n_rejected": 2, "n_excluded": {"exact_duplicate": 1}, "n_train": 5, "n_val": 1, "n_test": 1},
+        quality_metrics={"n_images": 8, "flagged": {"dark": 1, "blurry": 0}},
+        quality_sheets={"dark": img},
+        dedup_metrics={"n_exact": 1, "n_near": 0, "n_clusters": 1},
+        duplicates=pd.DataFrame(
+            {"image_id": ["x", "y"], "cluster_id": [0, 0], "is_cross_patient": [True, True], "is_label_conflict": [False, False]}
+        ),
+        dedup_sheet=img,
+        curated=pd.DataFrame({"image_id": ["x", "y"], "included": [True, False], "reason": ["", "exact_duplicate"], "group_id": ["g0", "g0"]}),
+        manifest=pd.DataFrame({"image_id": ["x", "y"], "patient_id": ["p1", "p2"]}),
+        split_metrics={"train": {"images": 5, "patients": 3}, "leaking_groups": 0},
+        split_balance=pd.DataFrame({"label": ["a", "b", "a"], "split": ["train", "train", "test"], "n_images": [3, 2, 1]}),
+        normalizer={"mode": "standardize", "mean": [0.4], "std": [0.2]},
+        augment_preview=img,
+        label_issue_metrics={"n_audited": 6, "n_issues": 1},
+        label_issues=pd.DataFrame({"image_id": ["x"], "given_label": ["a"], "suggested_label": ["b"]}),
+        label_issue_sheet=img,
+        train_metrics={"best_epoch": 2},
+        curves=pd.DataFrame({"step": [0, 1], "train_loss": [1.0, 0.5], "val_loss": [1.1, 0.7], "val_balanced_accuracy": [0.5, 0.7]}),
+        test_metrics={
+            "accuracy": {"value": 0.8, "ci_low": 0.7, "ci_high": 0.9},
+            "per_class": {"a": {"sensitivity": 0.9, "specificity": 0.8}},
+            "patient_level": {"accuracy": {"value": 0.85, "ci_low": 0.7, "ci_high": 0.95}},
+        },
+        confusion=pd.DataFrame({"actual": ["a", "b", "a"], "predicted": ["a", "b", "b"]}),
+        roc=pd.DataFrame({"fpr": [0, 0.5, 1], "tpr": [0, 0.8, 1], "class": ["a", "a", "a"]}),
+        demo_truth={"dark": {"precision": 1.0, "recall": 1.0, "n_planted": 1, "n_flagged": 1}},
+    )
+
+
+def test_report_has_every_section_and_inline_images():
+    page = build_report(_full_inputs())
+    parser = _Collector()
+    parser.feed(page)
+    assert parser.sections == [sid for sid, _ in SECTIONS]
+    assert parser.external == [], "the page must not reference anything outside itself"
+    # quality sheet, dedup sheet, split chart, preview, label issues sheet, 2 curves, ROC
+    assert len(parser.img_srcs) >= 8
+    assert all(src.startswith("data:image/png;base64,") for src in parser.img_srcs)
+    assert "Nothing to show" not in page
+    assert "adds up" in page and "DOES NOT ADD UP" not in page
+
+
+def test_empty_inputs_say_so_in_every_section():
+    page = build_report(AuditInputs())
+    parser = _Collector()
+    parser.feed(page)
+    assert parser.sections == [sid for sid, _ in SECTIONS]
+    assert page.count("Nothing to show") == len(SECTIONS)
+
+
+def test_accounting_mismatch_is_visible():
+    inputs = _full_inputs()
+    inputs.accounting = dict(inputs.accounting, n_files=11)
+    assert "DOES NOT ADD UP" in build_report(inputs)
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="headless Chromium is not installed")
+def test_report_renders_in_headless_chromium(tmp_path):
+    import cv2
+
+    page = tmp_path / "audit.html"
+    page.write_text(build_report(_full_inputs()), encoding="utf-8")
+    shot = tmp_path / "shot.png"
+    cmd = [
+        _chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1200,2000",
+        page.as_uri(),
+    ]
+    subprocess.run(cmd, check=True, timeout=120, capture_output=True)
+    img = cv2.imread(str(shot), cv2.IMREAD_GRAYSCALE)
+    assert img is not None and img.shape[0] > 100
+    # Not blank: text and pictures make the screenshot far from uniform.
+    assert img.std() > 10
+    assert (img < 128).mean() > 0.005
