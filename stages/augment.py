@@ -1,0 +1,73 @@
+"""augment stage: build the domain augmentation policy, save it, and draw a preview.
+
+Reads:  <processed>/train.npy (+ index) via pipeline.normalize.load_split: channel count and image
+        size for the policy, sample images for the preview.
+Writes: <policy> (models/augment/policy.json): albumentations serialization; training loads it
+        with pipeline.augment.load_policy (or A.from_dict). An extra "augment" key records the
+        domain, channels, image size and the batch-level settings (training reads those from
+        params).
+        <preview> (reports/augment/preview.png): rows = train images, column 1 = original,
+        then the augmented variants of epochs 0, 1, ...
+Params: seed, augment.* (domain, transforms, allow_unsafe, horizontal_flip, mixup_alpha,
+        cutmix_alpha, label_smoothing, n_preview_images, n_preview_variants).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from pipeline.augment import build_policy, make_preview, policy_to_dict
+from pipeline.io import write_json, write_png
+from pipeline.normalize import load_split
+from pipeline.params import load_params
+
+logger = logging.getLogger("stages.augment")
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--processed", required=True, help="data/processed folder (normalize output)")
+    parser.add_argument("--policy", required=True, help="output policy JSON")
+    parser.add_argument("--preview", required=True, help="output preview PNG")
+    args = parser.parse_args(argv)
+
+    params = load_params(args.params)
+    cfg = params.augment
+    images, _ = load_split(args.processed, "train")
+    if images.ndim != 4:
+        raise ValueError(
+            f"{args.processed}/train.npy: expected (N, H, W, C) images, got shape {images.shape}"
+        )
+    channels, image_shape = int(images.shape[3]), (int(images.shape[1]), int(images.shape[2]))
+
+    policy = build_policy(cfg, channels=channels, image_shape=image_shape)
+    meta = {
+        "domain": cfg.domain,
+        "channels": channels,
+        "image_size": list(image_shape),
+        "transforms": [type(t).__name__ for t in policy.transforms],
+        "batch": {
+            "mixup_alpha": cfg.mixup_alpha,
+            "cutmix_alpha": cfg.cutmix_alpha,
+            "label_smoothing": cfg.label_smoothing,
+        },
+    }
+    write_json(policy_to_dict(policy, meta), args.policy)
+    logger.info("domain %s, %d channel(s): %s -> %s", cfg.domain, channels, meta["transforms"], args.policy)
+
+    sheet = make_preview(images, policy, params.seed, cfg.n_preview_images, cfg.n_preview_variants)
+    write_png(sheet, args.preview)
+    logger.info(
+        "preview of %d image(s) x %d variant(s) -> %s",
+        min(cfg.n_preview_images, len(images)),
+        cfg.n_preview_variants,
+        args.preview,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
