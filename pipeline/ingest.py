@@ -1,0 +1,460 @@
+"""Ingest: find every input file, validate it, hash it, decode it once and compute its features.
+
+Semantics (README "Use your own data"):
+
+* **Files found** = every regular file under ``data.root`` whose extension is in
+  ``ingest.extensions`` (case-insensitive; symlinked folders are not followed) plus every file
+  listed in the labels table (whatever its extension). Each appears exactly once in the
+  manifest; its ``image_id`` is its POSIX path relative to the root.
+* **Labels table** (``data.labels``): CSV with ``image_path,label,patient_id`` (more columns
+  are kept). A bad table stops the stage with the file and row (row 1 = header, so row numbers
+  match a spreadsheet): missing columns, no rows, a path that is absolute or escapes the root
+  (``..``, or a symlink resolving outside it), the same path listed twice, a listed file that
+  does not exist. Delimiter ``,``/``;``/tab/``|`` is detected from the header, a UTF-8 BOM is
+  ignored, quoted fields may contain the delimiter, values are stripped of spaces.
+* **Class-per-folder** (``data.labels: null``): the label is the first folder under the root
+  (``root/<label>/.../file``); the patient is the DICOM PatientID or else the file stem (so each
+  file is its own leakage group unless stems repeat). Files directly in the root have no label.
+* **Per-file reasons** (a bad file never stops the stage), first that applies wins: ``too_large``
+  (file over ``max_file_mb``), then the decoder's ``unreadable``, ``truncated``,
+  ``not_an_image``, ``too_large`` (pixels over ``max_pixels``, from the header),
+  ``unsupported_mode``, ``multi_frame``; then ``missing_label`` (found on disk, not in the table;
+  or in no class folder), ``unknown_label`` (empty/NaN label, or not in ``ingest.classes``),
+  ``missing_patient`` (no patient id and no DICOM PatientID); ``features_failed`` if the
+  feature computation raised (a bug: logged with its traceback).
+
+One picklable function, :func:`ingest_file`, opens each file once: the same bytes are hashed
+(sha256) and decoded, and the decoded pixels go straight into
+:func:`pipeline.features.compute_features`, so quality and dedup never decode again.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import logging
+import os
+import posixpath
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.contract import MANIFEST_COLUMNS, STATUS_OK, STATUS_REJECTED, image_id_for
+from pipeline.images import REASONS as IMAGE_REASONS
+from pipeline.images import ImageRejected, decode_image
+from pipeline.parallel import map_chunks
+from pipeline.params import ExecutorParams, IngestParams
+
+log = logging.getLogger(__name__)
+
+REQUIRED_COLUMNS = ("image_path", "label", "patient_id")
+LABEL_REASONS = ("missing_label", "unknown_label", "missing_patient")
+REASONS = (*IMAGE_REASONS, *LABEL_REASONS, "features_failed")
+_MISSING_VALUES = {"", "nan", "na", "n/a", "null"}
+_DELIMITERS = (",", ";", "\t", "|")
+
+
+# ------------------------------------------------------------------------------ labels table
+
+
+def read_labels_table(path: str | Path, root: str | Path) -> pd.DataFrame:
+    """Read and validate a labels table.
+
+    Args:
+        path: The CSV file.
+        root: The data root the image paths are relative to.
+
+    Returns:
+        A DataFrame with ``image_path`` (normalized POSIX path relative to root), ``label``,
+        ``patient_id`` (stripped strings; ``""`` when empty) and the table's other columns, in
+        table order.
+
+    Raises:
+        ValueError: Naming the file and row: not UTF-8, missing columns, reserved column
+            names, no rows, malformed CSV, absolute or escaping paths, paths listed twice.
+        FileNotFoundError: The table, or a file it lists (naming the row), does not exist.
+    """
+    path, root = Path(path), Path(root)
+    if not path.is_file():
+        raise FileNotFoundError(f"labels table {path} does not exist")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.start}); save the table as UTF-8 CSV") from err
+    if not text.strip():
+        raise ValueError(
+            f"{path}: empty table; expected a header {','.join(REQUIRED_COLUMNS)} and one row per image"
+        )
+    delimiter = _detect_delimiter(text, path)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, skipinitialspace=True)
+    try:
+        header = [c.strip() for c in next(reader)]
+        records, line_numbers = [], []
+        for fields in reader:
+            if not any(f.strip() for f in fields):
+                continue  # blank line
+            if len(fields) != len(header):
+                raise ValueError(
+                    f"{path} row {reader.line_num}: {len(fields)} fields, expected {len(header)} "
+                    f"as in the header {header} (quote values that contain {delimiter!r})"
+                )
+            records.append([f.strip() for f in fields])
+            line_numbers.append(reader.line_num)
+    except csv.Error as err:
+        raise ValueError(f"{path} row {reader.line_num}: malformed CSV: {err}") from err
+    reserved = sorted(set(header) & (set(MANIFEST_COLUMNS) - set(REQUIRED_COLUMNS)))
+    if reserved:
+        raise ValueError(f"{path}: column(s) {reserved} clash with manifest columns; rename them")
+    if len(set(header)) != len(header):
+        raise ValueError(f"{path} row 1: duplicate column names {header}")
+    if not records:
+        raise ValueError(f"{path}: no rows after the header; expected one row per image")
+    table = pd.DataFrame(records, columns=header, dtype=str)
+
+    root_resolved = root.resolve()
+    seen: dict[str, int] = {}
+    paths = []
+    for row, value in zip(line_numbers, table["image_path"], strict=True):
+        rel = _safe_relative(value, root, root_resolved, f"{path} row {row}")
+        if rel in seen:
+            raise ValueError(f"{path} row {row}: image_path {rel!r} already listed at row {seen[rel]}")
+        seen[rel] = row
+        full = root / rel
+        if not full.exists():
+            raise FileNotFoundError(f"{path} row {row}: image_path {value!r} does not exist under {root}")
+        if not full.is_file():
+            raise ValueError(f"{path} row {row}: image_path {value!r} is not a file")
+        paths.append(rel)
+    table["image_path"] = paths
+    return table
+
+
+def _detect_delimiter(text: str, path: Path) -> str:
+    """The delimiter whose header parse contains all required columns."""
+    header = text.splitlines()[0]
+    found = []
+    for delim in _DELIMITERS:
+        cols = [c.strip() for c in next(csv.reader([header], delimiter=delim))]
+        if all(c in cols for c in REQUIRED_COLUMNS):
+            return delim
+        found.append(cols)
+    cols = max(found, key=len)
+    missing = [c for c in REQUIRED_COLUMNS if c not in cols]
+    raise ValueError(
+        f"{path} row 1: missing column(s) {missing}; expected a header with "
+        f"{list(REQUIRED_COLUMNS)} (delimiter , ; tab or |), got {cols}"
+    )
+
+
+def _safe_relative(value: str, root: Path, root_resolved: Path, where: str) -> str:
+    """Normalize a table path and check it stays inside the root (also through symlinks)."""
+    if not value:
+        raise ValueError(f"{where}: empty image_path")
+    posix = value.replace("\\", "/")
+    if posix.startswith("/") or (len(posix) > 1 and posix[1] == ":") or Path(value).is_absolute():
+        raise ValueError(f"{where}: image_path {value!r} is absolute; expected a path relative to {root}")
+    rel = posixpath.normpath(posix)
+    if rel == ".." or rel.startswith("../"):
+        raise ValueError(f"{where}: image_path {value!r} escapes the data root {root}")
+    resolved = (root / rel).resolve()
+    if not resolved.is_relative_to(root_resolved):
+        raise ValueError(
+            f"{where}: image_path {value!r} resolves to {resolved}, outside the data root {root}"
+        )
+    return rel
+
+
+# ------------------------------------------------------------------------------------ scan
+
+
+def scan_files(root: str | Path, extensions: list[str]) -> list[str]:
+    """Relative POSIX paths of the files under ``root`` with one of ``extensions`` (sorted).
+
+    Extensions match case-insensitively. Symlinked folders are not followed; symlinked files
+    are listed (ingest refuses to read those that point outside the root).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data root {root} is not a folder")
+    exts = tuple(e.lower() for e in extensions)
+    found = []
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for name in filenames:
+            if name.lower().endswith(exts):
+                full = Path(dirpath) / name
+                if full.is_file() or full.is_symlink():
+                    found.append(full.relative_to(root).as_posix())
+    return sorted(found)
+
+
+# ------------------------------------------------------------------------------ per file
+
+
+@dataclass(frozen=True)
+class FileTask:
+    """Everything :func:`ingest_file` needs for one file (picklable)."""
+
+    root: str
+    path: str  # relative POSIX path
+    label: str = ""
+    patient_id: str = ""
+    has_label: bool = True  # False: found on disk but not in the table / in no class folder
+    patient_from_stem: bool = False  # class-per-folder mode: fallback patient id = file stem
+    max_pixels: int = 100_000_000
+    max_file_bytes: int = 512 * 2**20
+    multi_frame: str = "first"
+    classes: tuple[str, ...] | None = None
+
+
+@dataclass
+class FileResult:
+    """One manifest row (``row``), its features (ok files only) and a rejection detail."""
+
+    row: dict
+    features: dict | None = None
+    detail: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def ingest_file(task: FileTask) -> FileResult:
+    """Validate, hash, decode and measure one file. Never raises for bad data.
+
+    The file is read once; its bytes give the sha256 and the decoded pixels, which are passed to
+    :func:`pipeline.features.compute_features` when the file is accepted.
+    """
+    row = {
+        "image_id": image_id_for(task.path),
+        "path": task.path,
+        "label": task.label,
+        "patient_id": task.patient_id,
+        "sha256": "",
+        "width": None,
+        "height": None,
+        "channels": None,
+        "bit_depth": None,
+        "format": "",
+        "status": STATUS_REJECTED,
+        "reason": "",
+    }
+    full = Path(task.root) / task.path
+
+    def reject(reason: str, detail: str) -> FileResult:
+        row["reason"] = reason
+        return FileResult(row=row, detail=detail)
+
+    try:
+        if full.is_symlink() and not full.resolve().is_relative_to(Path(task.root).resolve()):
+            return reject("unreadable", f"symlink to {full.resolve()} outside the data root; not followed")
+        size = full.stat().st_size
+        if size > task.max_file_bytes:
+            return reject(
+                "too_large", f"file is {size / 2**20:.1f} MB > max_file_mb={task.max_file_bytes / 2**20:g}"
+            )
+        data = full.read_bytes()
+    except OSError as err:
+        return reject("unreadable", f"cannot read file: {err.strerror or err}")
+    row["sha256"] = hashlib.sha256(data).hexdigest()
+    try:
+        image = decode_image(data, task.max_pixels, task.multi_frame, name=full.name)  # type: ignore[arg-type]
+    except ImageRejected as err:
+        row.update(format=err.format, width=err.width, height=err.height)
+        return reject(err.reason, err.detail)
+    del data
+    row.update(
+        width=image.width,
+        height=image.height,
+        channels=image.channels,
+        bit_depth=image.bit_depth,
+        format=image.format,
+    )
+    if not row["patient_id"]:
+        if image.patient_id:
+            row["patient_id"] = image.patient_id
+        elif task.patient_from_stem:
+            row["patient_id"] = Path(task.path).stem
+    if not task.has_label:
+        return reject(
+            "missing_label",
+            "file not listed in the labels table"
+            if not task.patient_from_stem
+            else "file is not inside a class folder",
+        )
+    if row["label"].lower() in _MISSING_VALUES:
+        return reject("unknown_label", f"empty label {row['label']!r}")
+    if task.classes is not None and row["label"] not in task.classes:
+        return reject("unknown_label", f"label {row['label']!r} is not one of {list(task.classes)}")
+    if not row["patient_id"] or row["patient_id"].lower() in _MISSING_VALUES:
+        return reject("missing_patient", "empty patient_id and no DICOM PatientID")
+
+    from pipeline.features import compute_features  # owned by quality; imported in the worker
+
+    try:
+        features = compute_features(image.pixels, image.bit_depth)
+    except Exception as err:  # noqa: BLE001  (a bad feature must not stop the stage)
+        log.warning("compute_features failed on %s", task.path, exc_info=True)
+        return reject("features_failed", f"{type(err).__name__}: {err}")
+    row["status"] = STATUS_OK
+    return FileResult(row=row, features={"image_id": row["image_id"], **features})
+
+
+# ------------------------------------------------------------------------------ the stage
+
+
+@dataclass
+class IngestResult:
+    """What the ingest stage writes."""
+
+    manifest: pd.DataFrame  # MANIFEST_COLUMNS + extra table columns, one row per file found
+    features: pd.DataFrame  # image_id + features, ok rows only
+    rejected: pd.DataFrame  # image_id, path, reason, detail
+    metrics: dict
+
+
+def build_tasks(
+    root: str | Path, labels: str | Path | None, params: IngestParams
+) -> tuple[list[FileTask], pd.DataFrame]:
+    """Decide the files and their labels (no image is opened).
+
+    Returns:
+        The tasks (sorted by path) and a DataFrame of extra table columns indexed by
+        ``image_path`` (empty without a table).
+
+    Raises:
+        ValueError, FileNotFoundError: For a bad labels table or root (see :func:`read_labels_table`).
+    """
+    root = Path(root)
+    on_disk = scan_files(root, params.extensions)
+    common = {
+        "root": str(root),
+        "max_pixels": params.max_pixels,
+        "max_file_bytes": int(params.max_file_mb * 2**20),
+        "multi_frame": params.multi_frame,
+        "classes": tuple(params.classes) if params.classes is not None else None,
+    }
+    tasks: list[FileTask] = []
+    if labels is None:
+        for rel in on_disk:
+            parts = rel.split("/")
+            tasks.append(
+                FileTask(
+                    path=rel,
+                    label=parts[0] if len(parts) > 1 else "",
+                    has_label=len(parts) > 1,
+                    patient_from_stem=True,
+                    **common,
+                )
+            )
+        return tasks, pd.DataFrame(index=pd.Index([], name="image_path"))
+    table = read_labels_table(labels, root)
+    listed = set(table["image_path"])
+    for rec in table[list(REQUIRED_COLUMNS)].itertuples(index=False):
+        tasks.append(FileTask(path=rec.image_path, label=rec.label, patient_id=rec.patient_id, **common))
+    for rel in on_disk:
+        if rel not in listed:
+            tasks.append(FileTask(path=rel, has_label=False, **common))
+    tasks.sort(key=lambda t: t.path)
+    extras = table.drop(columns=["label", "patient_id"]).set_index("image_path")
+    return tasks, extras
+
+
+def ingest(
+    root: str | Path,
+    labels: str | Path | None,
+    params: IngestParams,
+    executor: ExecutorParams | None = None,
+) -> IngestResult:
+    """Run ingest over a data root (see the module docstring for the semantics).
+
+    Args:
+        root: The data root.
+        labels: Labels table, or None for a class-per-folder tree.
+        params: The ``ingest`` params.
+        executor: Where per-file work runs (None = in-process).
+
+    Returns:
+        The :class:`IngestResult`.
+
+    Raises:
+        ValueError, FileNotFoundError: For a bad labels table or data root.
+        RuntimeError: If the manifest does not hold every file found exactly once (a bug).
+    """
+    tasks, extras = build_tasks(root, labels, params)
+    _warm_up()
+    log.info("ingest: %d files under %s (%s)", len(tasks), root, labels or "class-per-folder")
+    rows, features, rejected = [], [], []
+    for chunk in map_chunks(ingest_file, tasks, executor, desc="ingest"):
+        for res in chunk:
+            rows.append(res.row)
+            if res.features is not None:
+                features.append(res.features)
+            else:
+                r = res.row
+                rejected.append(
+                    {
+                        "image_id": r["image_id"],
+                        "path": r["path"],
+                        "reason": r["reason"],
+                        "detail": res.detail,
+                    }
+                )
+    manifest = _manifest_frame(rows, extras)
+    _check_accounting(manifest, tasks)
+    feats = pd.DataFrame(features) if features else pd.DataFrame({"image_id": pd.Series([], dtype=str)})
+    rejected_df = pd.DataFrame(rejected, columns=["image_id", "path", "reason", "detail"])
+    metrics = ingest_metrics(manifest)
+    log.info(
+        "ingest: %d ok, %d rejected %s",
+        metrics["n_ok"],
+        metrics["n_rejected"],
+        {k: v for k, v in metrics["rejected_by_reason"].items() if v},
+    )
+    return IngestResult(manifest=manifest, features=feats, rejected=rejected_df, metrics=metrics)
+
+
+def _warm_up() -> None:
+    """Import and run the feature code once here: imagededup imports torch (seconds), and forked
+    pool workers then inherit the loaded modules instead of each importing them again."""
+    from pipeline.features import compute_features
+
+    compute_features(np.zeros((8, 8), np.uint8), 8)
+
+
+def _manifest_frame(rows: list[dict], extras: pd.DataFrame) -> pd.DataFrame:
+    manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    for col in ("width", "height", "channels", "bit_depth"):
+        manifest[col] = pd.array(manifest[col], dtype="Int64")
+    for col in ("image_id", "path", "label", "patient_id", "sha256", "format", "status", "reason"):
+        manifest[col] = manifest[col].astype(str)
+    if len(extras.columns):
+        extra = extras.reindex(manifest["path"]).reset_index(drop=True).fillna("")
+        manifest = pd.concat([manifest, extra], axis=1)
+    return manifest
+
+
+def _check_accounting(manifest: pd.DataFrame, tasks: list[FileTask]) -> None:
+    expected = [image_id_for(t.path) for t in tasks]
+    got = manifest["image_id"].tolist()
+    dups = [k for k, n in Counter(got).items() if n > 1]
+    if dups or sorted(got) != sorted(expected):
+        missing = sorted(set(expected) - set(got))[:5]
+        raise RuntimeError(
+            f"ingest accounting: expected each of {len(expected)} files once, got {len(got)} rows "
+            f"(duplicates {dups[:5]}, missing {missing})"
+        )
+
+
+def ingest_metrics(manifest: pd.DataFrame) -> dict:
+    """``{"n_files", "n_ok", "n_rejected", "rejected_by_reason": {reason: count}}`` (every reason listed)."""
+    status = manifest["status"]
+    rejected = manifest.loc[status == STATUS_REJECTED, "reason"]
+    by_reason = dict.fromkeys(REASONS, 0)
+    by_reason.update(Counter(rejected))
+    n_ok, n_rej = int((status == STATUS_OK).sum()), int(len(rejected))
+    if n_ok + n_rej != len(manifest):
+        raise RuntimeError(f"ingest accounting: {n_ok} ok + {n_rej} rejected != {len(manifest)} files")
+    return {"n_files": len(manifest), "n_ok": n_ok, "n_rejected": n_rej, "rejected_by_reason": by_reason}
