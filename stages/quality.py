@@ -1,0 +1,87 @@
+"""Stage ``quality``: score every ingested image for low-quality issues.
+
+Reads:  the manifest (image_id, path, width, height, channels, bit_depth, status) and the
+        per-image features table written by ingest (only the columns quality needs); the image
+        files of the worst flagged images, under ``data.root``, for the contact sheets.
+Writes: ``--out`` (data/interim/quality.parquet: image_id, <issue>_score, is_<issue>_issue, raw
+        measures), ``--metrics`` (metrics/quality.json: {"n_images", "flagged": {issue: count}}),
+        ``--sheets``/<issue>.png (the ``quality.n_contact_sheet`` worst flagged images per issue).
+Params: ``quality`` (thresholds, robust_z, size/aspect tolerance, n_contact_sheet), ``data.root``,
+        ``ingest.max_pixels`` / ``ingest.multi_frame`` (decoding the sheet images).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.contract import score_col
+from pipeline.io import write_json, write_parquet, write_png
+from pipeline.params import load_params
+from pipeline.quality import (
+    CHECKS,
+    FEATURE_COLUMNS,
+    MANIFEST_COLUMNS,
+    find_low_quality,
+    summarize,
+    worst_flagged,
+)
+from pipeline.sheets import make_contact_sheet
+
+log = logging.getLogger("stages.quality")
+
+
+def _sheet(rows: pd.DataFrame, issue: str, manifest: pd.DataFrame, root: Path, params) -> object:
+    from pipeline.images import ImageRejected, read_image
+
+    images, captions = [], []
+    paths = manifest.set_index("image_id")["path"]
+    for image_id, score in zip(rows["image_id"], rows[score_col(issue)], strict=True):
+        try:
+            decoded = read_image(root / paths[image_id], params.ingest.max_pixels, params.ingest.multi_frame)
+        except ImageRejected as err:  # changed on disk since ingest: show the rest
+            log.warning("%s: cannot decode for the contact sheet: %s", image_id, err)
+            continue
+        images.append(decoded.pixels)
+        captions.append(f"{score:.2f} {Path(image_id).name}")
+    return make_contact_sheet(images, captions, tile_px=128, n_cols=6)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--manifest", required=True, type=Path)
+    ap.add_argument("--features", required=True, type=Path)
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--sheets", required=True, type=Path)
+    ap.add_argument("--metrics", required=True, type=Path)
+    args = ap.parse_args(argv)
+    params = load_params(args.params)
+
+    manifest = pd.read_parquet(args.manifest, columns=[*MANIFEST_COLUMNS, "path"])
+    manifest = manifest[manifest["status"] == "ok"]
+    features = pd.read_parquet(args.features, columns=FEATURE_COLUMNS)
+    if len(features) != len(manifest):
+        raise ValueError(
+            f"{args.features}: {len(features)} rows, but {args.manifest} has {len(manifest)} ok images"
+        )
+    quality = find_low_quality(features, manifest, params.quality)
+    del features
+
+    write_parquet(quality, args.out)
+    metrics = summarize(quality)
+    write_json(metrics, args.metrics)
+    root = Path(params.data.root)
+    for issue in CHECKS:
+        rows = worst_flagged(quality, issue, params.quality.n_contact_sheet)
+        write_png(_sheet(rows, issue, manifest, root, params), args.sheets / f"{issue}.png")
+    log.info("%d images; flagged: %s", metrics["n_images"], metrics["flagged"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
