@@ -1,0 +1,81 @@
+"""Stage ``accounting``: the final state of every input file, and the demo ground-truth scores.
+
+Runs after ``label_issues`` so that rows dropped as label issues (``label_issues.action: drop``,
+train rows only) are counted as excluded with reason ``label_issue``. The ``split`` stage runs
+the same check earlier (without label issues) and keeps its own summary in metrics/split.json;
+this stage is the one writer of metrics/accounting.json.
+
+Reads:  ``--manifest``, ``--quality``, ``--duplicates``, ``--curated``, ``--splits``,
+        ``--label-issues`` (data/interim/*.parquet); ``data.truth`` (truth.json) when set and present.
+Writes: ``--out`` (data/interim/final_states.parquet: image_id, path, final_state, reason),
+        ``--metrics`` (metrics/accounting.json: n_files, n_rejected, n_rejected_by_reason,
+        n_excluded {reason: n}, n_train, n_val, n_test), ``--truth-metrics``
+        (metrics/demo_truth.json: pipeline.truth.score_against_truth, or {"available": false}).
+Params: ``data.truth``, ``label_issues.action``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.accounting import check_accounting, final_states
+from pipeline.io import read_json, write_json, write_parquet
+from pipeline.params import load_params
+
+log = logging.getLogger("stages.accounting")
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", default="params.yaml")
+    for flag in (
+        "--manifest",
+        "--quality",
+        "--duplicates",
+        "--curated",
+        "--splits",
+        "--label-issues",
+        "--out",
+        "--metrics",
+        "--truth-metrics",
+    ):
+        ap.add_argument(flag, required=True, type=Path)
+    args = ap.parse_args(argv)
+    params = load_params(args.params)
+
+    manifest = pd.read_parquet(args.manifest)
+    curated = pd.read_parquet(args.curated)
+    label_issues = pd.read_parquet(args.label_issues)
+    if params.label_issues.action != "drop" and label_issues["is_dropped"].any():
+        raise ValueError(
+            f"{args.label_issues}: rows are dropped but label_issues.action is "
+            f"{params.label_issues.action!r}; re-run the label_issues stage"
+        )
+    final = final_states(manifest, curated, pd.read_parquet(args.splits), label_issues)
+    summary = check_accounting(final, manifest)
+
+    truth_path = Path(params.data.truth) if params.data.truth else None
+    if truth_path is not None and truth_path.is_file():
+        from pipeline.truth import score_against_truth
+
+        truth_metrics = score_against_truth(
+            read_json(truth_path), manifest, pd.read_parquet(args.quality),
+            pd.read_parquet(args.duplicates), curated, label_issues,
+        )  # fmt: skip
+    else:
+        truth_metrics = {"available": False}
+
+    write_parquet(final, args.out)
+    write_json(summary, args.metrics)
+    write_json(truth_metrics, args.truth_metrics)
+    log.info("accounting: %s", summary)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

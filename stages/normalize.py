@@ -1,0 +1,64 @@
+"""Stage ``normalize``: fixed-size NHWC arrays per split and a normalizer fitted on train only.
+
+Reads:  ``--manifest``, ``--curated``, ``--splits`` (data/interim/*.parquet), ``--features``
+        (data/interim/features.parquet: max, full_scale; the 16-bit stored range), the image files
+        under ``data.root``.
+Writes: ``--out`` (data/processed/): {train,val,test}.npy (uint8/uint16, N x H x W x C),
+        {train,val,test}.parquet (image_id, label, patient_id, group_id, label_index), meta.json,
+        normalizer.json; ``--metrics`` (metrics/normalize.json).
+Params: ``normalize`` (image_size, aspect, mode, percentile_range, keep_uint16, channels),
+        ``data.root``, ``ingest.max_pixels`` / ``ingest.multi_frame`` (decoding), ``executor``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.io import write_json
+from pipeline.normalize import build_processed
+from pipeline.params import load_params
+
+log = logging.getLogger("stages.normalize")
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", default="params.yaml")
+    for flag in ("--manifest", "--curated", "--splits", "--out", "--metrics"):
+        ap.add_argument(flag, required=True, type=Path)
+    ap.add_argument("--features", type=Path, default=None, help="features.parquet (16-bit stored range)")
+    args = ap.parse_args(argv)
+    params = load_params(args.params)
+
+    manifest = pd.read_parquet(args.manifest)
+    features = None
+    if args.features is not None:
+        features = pd.read_parquet(args.features, columns=["image_id", "max", "full_scale"])
+    metrics = build_processed(
+        manifest,
+        pd.read_parquet(args.curated),
+        pd.read_parquet(args.splits),
+        root=params.data.root,
+        out_dir=args.out,
+        params=params.normalize,
+        executor=params.executor,
+        max_pixels=params.ingest.max_pixels,
+        multi_frame=params.ingest.multi_frame,
+        features=features,
+    )
+    write_json(metrics, args.metrics)
+    log.info(
+        "normalize: %s images, normalizer %s",
+        {s: m["n_images"] for s, m in metrics["splits"].items()},
+        metrics["mode"],
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

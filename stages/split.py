@@ -1,0 +1,83 @@
+"""Stage ``split``: stratified, leakage-free train/val/test split of the included images.
+
+Reads:  ``--manifest`` (data/interim/manifest.parquet), ``--curated`` (data/interim/curated.parquet:
+        image_id, included, reason, group_id), ``--duplicates`` (data/interim/duplicates.parquet:
+        image_id, cluster_id; for the independent leakage check).
+Writes: ``--out`` (data/interim/splits.parquet: image_id, split for every included image),
+        ``--metrics`` (metrics/split.json: per split images, patients, groups, class proportions,
+        max abs deviation from the whole; leaking_groups/patients/clusters (always 0: the stage
+        fails otherwise); the accounting summary before label issues),
+        ``--balance`` (plots/split_balance.csv: label, split, n_images).
+Params: ``seed``, ``split`` (train_fraction, val_fraction, test_fraction).
+
+Before writing, an independent check refuses any group_id, patient_id or duplicate cluster in
+two splits, and the accounting (every input file in exactly one final state) must add up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.accounting import check_accounting, final_states
+from pipeline.contract import included
+from pipeline.io import write_csv, write_json, write_parquet
+from pipeline.params import load_params
+from pipeline.split import (
+    assign_splits,
+    balance_table,
+    check_no_leakage,
+    fractions_from_params,
+    split_metrics,
+)
+
+log = logging.getLogger("stages.split")
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", default="params.yaml")
+    for flag in ("--manifest", "--curated", "--duplicates", "--out", "--metrics", "--balance"):
+        ap.add_argument(flag, required=True, type=Path)
+    args = ap.parse_args(argv)
+    params = load_params(args.params)
+    fractions = fractions_from_params(params.split)
+
+    manifest = pd.read_parquet(args.manifest)
+    curated = pd.read_parquet(args.curated)
+    duplicates = pd.read_parquet(args.duplicates, columns=["image_id", "cluster_id"])
+    table = curated.loc[included(curated), ["image_id", "group_id"]].merge(
+        manifest[["image_id", "label", "patient_id"]], on="image_id", how="left", validate="one_to_one"
+    )
+    # A duplicate cluster must not straddle splits either: link its included members.
+    table = table.merge(duplicates, on="image_id", how="left", validate="one_to_one")
+
+    assignment = assign_splits(
+        table, fractions, params.seed, link_columns=("group_id", "patient_id", "cluster_id")
+    )
+    leaks = check_no_leakage(assignment, table, duplicates)
+    accounting = check_accounting(final_states(manifest, curated, assignment), manifest)
+
+    metrics = {
+        **split_metrics(table, assignment, fractions),
+        **leaks,
+        "seed": params.seed,
+        "accounting": accounting,
+    }
+    write_parquet(assignment[["image_id", "split"]].reset_index(drop=True), args.out)
+    write_csv(balance_table(table, assignment), args.balance)
+    write_json(metrics, args.metrics)
+    log.info(
+        "split: %s; max abs class-proportion deviation %.4f",
+        {s: m["images"] for s, m in metrics["splits"].items()},
+        metrics["max_abs_deviation"],
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
