@@ -60,3 +60,14 @@ def test_interrupted_first_write_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         io.write_parquet(pd.DataFrame({"a": [1]}), tmp_path / "sub" / "t.parquet")
     assert _leftovers(tmp_path / "sub") == []
+
+
+def test_outputs_get_the_usual_file_mode(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        io.write_text("x", tmp_path / "a.txt")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644

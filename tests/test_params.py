@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from pydantic import BaseModel
 
 from pipeline.params import load_params, parse_params
