@@ -1,0 +1,63 @@
+"""Stage evaluate: the test split, read once, scored with patient-bootstrap confidence intervals.
+
+Reads:  the checkpoint (models/model.pt, weights_only=True), <processed>/test.npy + test.parquet,
+        normalizer.json and meta.json (must match the ones stored in the checkpoint).
+Writes: metrics/test.json (accuracy, balanced_accuracy, macro_f1, auroc, pr_auc, cohen_kappa, mcc,
+        ece as {value, ci_low, ci_high}; per_class; patient_level), <plots>/confusion.csv,
+        <plots>/roc.csv, <plots>/calibration.csv, reports/predictions.csv.
+Params: seed (bootstrap), evaluate.*.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import evaluate as ev
+from pipeline.io import write_csv, write_json
+from pipeline.normalize import load_meta, load_normalizer, load_split
+from pipeline.params import load_params
+from pipeline.train import load_checkpoint, model_from_checkpoint, predict_proba, select_device
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for flag in ("--params", "--processed", "--model", "--metrics", "--plots", "--predictions"):
+        ap.add_argument(flag, type=Path, required=True)
+    args = ap.parse_args(argv)
+    params = load_params(args.params)
+    p = params.evaluate
+
+    ckpt = load_checkpoint(args.model)
+    classes = list(ckpt["classes"])
+    if list(load_meta(args.processed)["classes"]) != classes:
+        raise ValueError(
+            f"{args.model}: classes {classes} differ from {args.processed / 'meta.json'}; retrain"
+        )
+    normalizer = load_normalizer(args.processed / "normalizer.json")
+    if normalizer != ckpt["normalizer"]:
+        raise ValueError(f"{args.model}: trained with a different normalizer than {args.processed}; retrain")
+    test_x, test_idx = load_split(args.processed, "test")
+    labels = test_idx["label_index"].to_numpy(np.int64)
+
+    model = model_from_checkpoint(ckpt)
+    probs = predict_proba(model, test_x, normalizer, select_device(p.device), p.batch_size)
+    metrics = ev.evaluate_predictions(
+        labels, probs, test_idx["patient_id"].to_numpy(), classes, n_bootstrap=p.n_bootstrap,
+        ci_level=p.ci_level, n_bins=p.n_calibration_bins, seed=params.seed,
+    )  # fmt: skip
+
+    write_json(metrics, args.metrics)
+    write_csv(ev.confusion_table(labels, probs, classes), args.plots / "confusion.csv")
+    write_csv(ev.roc_table(labels, probs, classes), args.plots / "roc.csv")
+    write_csv(ev.calibration_table(labels, probs, p.n_calibration_bins), args.plots / "calibration.csv")
+    write_csv(ev.predictions_table(test_idx, probs, classes), args.predictions)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
