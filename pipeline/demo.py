@@ -170,11 +170,13 @@ def _add_nodules(b: np.ndarray, lungs: np.ndarray, s: float, rng: np.random.Gene
     if candidates.size == 0:
         return
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    n = int(rng.choice([1, 2, 2, 3, 3, 4]))
+    n = int(rng.choice([1, 2, 2, 3]))
     for _ in range(n):
         cy, cx = divmod(int(rng.choice(candidates)), w)
-        radius = rng.uniform(0.032, 0.065) * s
-        contrast = rng.uniform(0.14, 0.3)
+        # Large and dense enough to survive downsampling to 64 px (about 3-6 px radius there),
+        # but faint ones overlap the lung texture, so the task is not trivial.
+        radius = rng.uniform(0.05, 0.09) * s
+        contrast = rng.uniform(0.16, 0.32)
         d = np.hypot(yy - cy, xx - cx) / radius
         b += contrast * np.exp(-(d**4))
 
