@@ -691,9 +691,24 @@ def open_live(directory: str | Path) -> Any:
     ``save_dvc_exp=False``: no DVC experiment is created. Curves land in
     ``<directory>/plots/metrics/<name>.tsv`` with a ``step`` column (= epoch).
     """
+    import dvclive.live
     from dvclive import Live
+    from scmrepo.exceptions import SCMError
 
-    return Live(dir=str(directory), save_dvc_exp=False, dvcyaml=None, report=None)
+    def make() -> Any:
+        return Live(dir=str(directory), save_dvc_exp=False, dvcyaml=None, report=None)
+
+    try:
+        return make()
+    except SCMError:
+        # dvclive asks git for the current revision and fails in a repository with no commit
+        # yet (a fresh `git init`). We need no revision (no experiments), so log without DVC.
+        original = dvclive.live.get_dvc_repo
+        dvclive.live.get_dvc_repo = lambda: None
+        try:
+            return make()
+        finally:
+            dvclive.live.get_dvc_repo = original
 
 
 def log_live(live: Any, record: dict[str, float]) -> None:

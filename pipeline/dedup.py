@@ -1,0 +1,431 @@
+"""Exact and near-duplicate detection: hash candidates, pixel-level confirmation, clusters.
+
+Reads only per-image features computed once at ingest (``features.parquet``: ``pixel_sha256``,
+imagededup hashes, a 32x32 intensity-normalized thumbnail), never the images.
+
+1. **Exact** links: the same file bytes (manifest ``sha256``) or the same decoded pixels
+   (``pixel_sha256``: a PNG re-saved with other metadata, a lossless format change).
+2. **Near candidates**: pairs whose imagededup hash (``dedup.hash_method``) differs in at most
+   ``dedup.max_distance`` bits, found with the multi-index hash of
+   :mod:`pipeline.hamming_index` (exact, sub-quadratic; same pairs as imagededup's brute force).
+3. **Confirmation**: radiographs of different patients hash alike, so a candidate joins a
+   cluster only if its thumbnails, aligned, correlate at least ``dedup.confirm_similarity``
+   (:func:`thumbnail_similarity`: the best Pearson correlation over small zooms and shifts, so
+   a slightly cropped, shifted or resized copy still matches; correlation ignores brightness and
+   contrast changes).
+4. **Clusters**: connected components (union-find) of exact and confirmed near links. The
+   representative is the best-quality member (fewest quality issues, then highest summed
+   quality score), then the largest (``width * height``), then the smallest ``image_id``: never
+   file-system order. A cluster is flagged when its members belong to more than one patient
+   (``is_cross_patient``) or carry more than one label (``is_label_conflict``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import pandas as pd
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from pipeline.contract import STATUS_OK, flag_col, score_col
+from pipeline.hamming_index import hex_to_uint64, search_pairs
+from pipeline.params import QUALITY_ISSUES, DedupParams
+
+log = logging.getLogger(__name__)
+
+DUPLICATES_COLUMNS = [
+    "image_id",
+    "cluster_id",
+    "kind",
+    "is_representative",
+    "distance",
+    "similarity",
+    "is_cross_patient",
+    "is_label_conflict",
+]
+PAIRS_COLUMNS = [
+    "image_id_a",
+    "image_id_b",
+    "link",
+    "distance",
+    "similarity",
+    "is_confirmed",
+    "patient_id_a",
+    "patient_id_b",
+    "label_a",
+    "label_b",
+]
+_FLAT_STD = 1.0  # thumbnails with less spread (grey levels of 255) carry nothing to compare
+_BATCH = 2048  # pairs per vectorized confirmation step (~ _BATCH * 25 * 28**2 * 4 bytes)
+
+
+@dataclass(frozen=True)
+class DedupResult:
+    """Output of :func:`find_duplicates`.
+
+    Attributes:
+        duplicates: One row per member of every cluster (``DUPLICATES_COLUMNS``).
+        pairs: Every exact link and every near candidate, confirmed or not (``PAIRS_COLUMNS``).
+        metrics: Counts for ``metrics/dedup.json``.
+    """
+
+    duplicates: pd.DataFrame
+    pairs: pd.DataFrame
+    metrics: dict
+
+
+# --- thumbnail similarity ---------------------------------------------------------------------
+
+
+def decode_thumbnails(thumbs: pd.Series, sizes: pd.Series) -> np.ndarray:
+    """Stack the ``thumb`` bytes of features.parquet into a float32 array (n, s, s).
+
+    Raises:
+        ValueError: If the thumbnails do not all have one size, or a buffer has the wrong length.
+    """
+    sizes_u = pd.unique(sizes.astype(int))
+    if len(sizes_u) > 1:
+        raise ValueError(f"features.parquet: expected one thumb_size, got {sorted(sizes_u.tolist())}")
+    s = int(sizes_u[0]) if len(sizes_u) else 32
+    out = np.empty((len(thumbs), s, s), np.float32)
+    for k, buf in enumerate(thumbs):
+        arr = np.frombuffer(buf, np.uint8)
+        if arr.size != s * s:
+            raise ValueError(f"features.parquet row {k}: thumb has {arr.size} bytes, expected {s * s}")
+        out[k] = arr.reshape(s, s)
+    return out
+
+
+def _zoom(thumbs: np.ndarray, factor: float) -> np.ndarray:
+    """Magnify each thumbnail about its centre by ``factor`` (>= 1), keeping the size."""
+    if factor == 1.0:
+        return thumbs
+    s = thumbs.shape[1]
+    mat = cv2.getRotationMatrix2D(((s - 1) / 2, (s - 1) / 2), 0.0, factor)
+    return np.stack(
+        [
+            cv2.warpAffine(t, mat, (s, s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            for t in thumbs
+        ]
+    )
+
+
+def _standardize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Zero-mean, unit-norm over the last two axes; also returns the std (to spot flat ones)."""
+    x = x - x.mean(axis=(-2, -1), keepdims=True)
+    norm = np.sqrt((x * x).sum(axis=(-2, -1), keepdims=True))
+    std = norm[..., 0, 0] / np.sqrt(x.shape[-1] * x.shape[-2])
+    return x / np.maximum(norm, 1e-6), std
+
+
+def _shifted_correlation(fixed: np.ndarray, moving: np.ndarray, max_shift: int) -> np.ndarray:
+    """Best correlation of the centre of ``fixed`` with ``moving`` over integer shifts.
+
+    The centre window is standardized once; each shifted window of ``moving`` is normalized
+    through its sum and sum of squares from integral images, so no window is copied.
+
+    Args:
+        fixed, moving: (p, s, s) float32.
+        max_shift: Shifts in [-max_shift, max_shift] on both axes.
+
+    Returns:
+        (p,) best Pearson correlation; -1 where a window is flat.
+    """
+    k = max_shift
+    p, s = fixed.shape[0], fixed.shape[1]
+    w = s - 2 * k
+    centre, c_std = _standardize(fixed[:, k : k + w, k : k + w])
+    windows = np.lib.stride_tricks.sliding_window_view(moving, (w, w), axis=(1, 2))  # (p, 2k+1, 2k+1, w, w)
+    dot = np.einsum("pxyij,pij->pxy", windows, centre, optimize=True)
+    m = moving.astype(np.float64)
+    ii = np.zeros((p, s + 1, s + 1))
+    ii2 = np.zeros((p, s + 1, s + 1))
+    ii[:, 1:, 1:] = m.cumsum(1).cumsum(2)
+    ii2[:, 1:, 1:] = (m * m).cumsum(1).cumsum(2)
+
+    def box(t: np.ndarray) -> np.ndarray:
+        return t[:, w:, w:] - t[:, :-w, w:] - t[:, w:, :-w] + t[:, :-w, :-w]
+
+    n_px = w * w
+    centred_ss = np.maximum(box(ii2) - box(ii) ** 2 / n_px, 0.0)
+    w_std = np.sqrt(centred_ss / n_px)
+    corr = dot / np.sqrt(np.maximum(centred_ss, 1e-6))
+    corr = np.where(w_std < _FLAT_STD, -1.0, corr)
+    corr = np.where((c_std < _FLAT_STD)[:, None, None], -1.0, corr)
+    return corr.reshape(p, -1).max(axis=1)
+
+
+def thumbnail_similarity(
+    thumbs: np.ndarray, i: np.ndarray, j: np.ndarray, max_shift: int, zooms: tuple[float, ...]
+) -> np.ndarray:
+    """Aligned similarity of thumbnail pairs: max correlation over zooms, shifts and both directions.
+
+    Each direction zooms one thumbnail by each factor in ``zooms`` (a crop of the other image is
+    a magnification of it) and slides the centre of it over the other by up to ``max_shift``
+    pixels. Flat (featureless) thumbnails get -1: a blank image is not a near duplicate of
+    anything; the quality stage flags it.
+
+    Args:
+        thumbs: (n, s, s) float32 thumbnails.
+        i, j: Index arrays of the pairs, same length.
+        max_shift: Largest shift in thumbnail pixels.
+        zooms: Magnifications to try, each >= 1 (1.0 = none).
+
+    Returns:
+        (len(i),) float32 similarities in [-1, 1].
+    """
+    i = np.asarray(i, np.int64)
+    j = np.asarray(j, np.int64)
+    best = np.full(i.size, -1.0, np.float32)
+    if i.size == 0:
+        return best
+    used = np.unique(np.concatenate([i, j]))
+    pos = np.searchsorted(used, np.concatenate([i, j]))
+    pi, pj = pos[: i.size], pos[i.size :]
+    base = thumbs[used]
+    for factor in zooms:
+        zoomed = _zoom(base, factor)
+        directions = [(pi, pj)] if factor == 1.0 else [(pi, pj), (pj, pi)]
+        for a, b in directions:
+            for start in range(0, i.size, _BATCH):
+                sl = slice(start, start + _BATCH)
+                corr = _shifted_correlation(zoomed[a[sl]], base[b[sl]], max_shift)
+                best[sl] = np.maximum(best[sl], corr)
+    return best
+
+
+# --- clustering -------------------------------------------------------------------------------
+
+
+def _exact_links(keys: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Links (index pairs) chaining the rows that share a non-empty key."""
+    k = keys.fillna("").astype(str).to_numpy()
+    idx = np.flatnonzero(k != "")
+    if idx.size < 2:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    order = idx[np.argsort(k[idx], kind="stable")]
+    same = k[order[1:]] == k[order[:-1]]
+    return order[:-1][same].astype(np.int64), order[1:][same].astype(np.int64)
+
+
+def _components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Connected-component label of each of n nodes given undirected edges (union-find)."""
+    graph = coo_matrix((np.ones(i.size, np.int8), (i, j)), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
+
+
+def quality_rank(table: pd.DataFrame, quality: pd.DataFrame) -> pd.DataFrame:
+    """Columns ``n_issues`` and ``quality_total`` for each image (missing quality = worst).
+
+    Args:
+        table: Rows with ``image_id``.
+        quality: quality.parquet (``<issue>_score``, ``is_<issue>_issue``).
+    """
+    q = quality.set_index("image_id") if len(quality) else pd.DataFrame(index=pd.Index([], name="image_id"))
+    flags = [flag_col(x) for x in QUALITY_ISSUES if flag_col(x) in q.columns]
+    scores = [score_col(x) for x in QUALITY_ISSUES if score_col(x) in q.columns]
+    n_issues = q[flags].astype(bool).sum(axis=1) if flags else pd.Series(0, index=q.index)
+    total = q[scores].astype(float).sum(axis=1) if scores else pd.Series(0.0, index=q.index)
+    ids = table["image_id"]
+    return pd.DataFrame(
+        {
+            "n_issues": ids.map(n_issues).fillna(len(QUALITY_ISSUES)).astype(int).to_numpy(),
+            "quality_total": ids.map(total).fillna(-1.0).astype(float).to_numpy(),
+        },
+        index=table.index,
+    )
+
+
+def _distinct(values: pd.Series) -> int:
+    v = values.fillna("").astype(str)
+    return int(v[v != ""].nunique())
+
+
+def find_duplicates(
+    manifest: pd.DataFrame, features: pd.DataFrame, quality: pd.DataFrame, params: DedupParams
+) -> DedupResult:
+    """Find exact and near-duplicate clusters among the ``status == ok`` images.
+
+    Args:
+        manifest: manifest.parquet (``image_id, sha256, width, height, patient_id, label, status``).
+        features: features.parquet (``image_id, pixel_sha256, <hash_method>, thumb, thumb_size``).
+        quality: quality.parquet, used to choose the representative.
+        params: The ``dedup`` params section.
+
+    Returns:
+        The :class:`DedupResult`.
+
+    Raises:
+        ValueError: If a required column is missing (names the table and column).
+    """
+    for name, table, cols in (
+        ("manifest", manifest, ["image_id", "sha256", "width", "height", "patient_id", "label", "status"]),
+        ("features", features, ["image_id", "pixel_sha256", params.hash_method, "thumb", "thumb_size"]),
+    ):
+        missing = [c for c in cols if c not in table.columns]
+        if missing:
+            raise ValueError(
+                f"{name}: missing column(s) {missing} (dedup.hash_method={params.hash_method!r})"
+            )
+    ok = manifest[manifest["status"] == STATUS_OK]
+    df = ok.merge(features, on="image_id", how="left", validate="one_to_one")
+    df = df.sort_values("image_id", ignore_index=True)
+    n = len(df)
+
+    # 1. exact links
+    ea, eb = zip(_exact_links(df["sha256"]), _exact_links(df["pixel_sha256"]), strict=True)
+    ex_i, ex_j = np.concatenate(ea), np.concatenate(eb)
+    if ex_i.size:  # a pair with the same bytes also has the same pixels: keep one link
+        lo, hi = np.minimum(ex_i, ex_j), np.maximum(ex_i, ex_j)
+        _, first = np.unique(lo * n + hi, return_index=True)
+        ex_i, ex_j = lo[first], hi[first]
+    exact_group = _components(n, ex_i, ex_j)
+
+    # 2. near candidates from the hash index (rows without a hash take no part)
+    has_hash = df[params.hash_method].fillna("").astype(str) != ""
+    rows = np.flatnonzero(has_hash.to_numpy())
+    codes = hex_to_uint64(df.loc[rows, params.hash_method])
+    ci, cj, cdist = search_pairs(codes, params.max_distance)
+    ci, cj = rows[ci], rows[cj]
+    new = exact_group[ci] != exact_group[cj]  # already exact copies: no need to confirm
+    ci, cj, cdist = ci[new], cj[new], cdist[new]
+    log.info(
+        "%d near-duplicate candidates within %d bits (%s)", ci.size, params.max_distance, params.hash_method
+    )
+
+    # 3. confirmation on thumbnails
+    thumbs = None
+    has_thumb = df["thumb"].notna().to_numpy()
+    sim = np.full(ci.size, -1.0, np.float32)
+    both = has_thumb[ci] & has_thumb[cj]
+    if both.any():
+        decoded = decode_thumbnails(df["thumb"][has_thumb], df["thumb_size"][has_thumb])
+        thumbs = np.zeros((n, *decoded.shape[1:]), np.float32)
+        thumbs[has_thumb] = decoded
+        sim[both] = thumbnail_similarity(
+            thumbs, ci[both], cj[both], params.align_max_shift, tuple(params.align_zooms)
+        )
+    confirmed = sim >= params.confirm_similarity
+    log.info(
+        "confirmed %d, rejected %d candidates (similarity >= %g)",
+        confirmed.sum(),
+        (~confirmed).sum(),
+        params.confirm_similarity,
+    )
+
+    # 4. clusters
+    cluster = _components(n, np.concatenate([ex_i, ci[confirmed]]), np.concatenate([ex_j, cj[confirmed]]))
+    sizes = np.bincount(cluster, minlength=n)
+    members = df[sizes[cluster] > 1].copy()
+    members["_cluster"] = cluster[sizes[cluster] > 1]
+    members = pd.concat([members, quality_rank(members, quality)], axis=1)
+    members["_area"] = members["width"].astype("Int64").fillna(0).astype(np.int64) * members["height"].astype(
+        "Int64"
+    ).fillna(0).astype(np.int64)
+    members = members.sort_values(
+        ["_cluster", "n_issues", "quality_total", "_area", "image_id"],
+        ascending=[True, True, False, False, True],
+    )
+    members["is_representative"] = ~members["_cluster"].duplicated()
+    reps = members.loc[members["is_representative"]]
+    rep_of = pd.Series(reps.index.to_numpy(), index=reps["_cluster"].to_numpy())  # cluster -> df row
+    # cluster ids numbered in the order of the representatives' image_ids: deterministic
+    name_of = pd.Series(
+        [f"dup{k:05d}" for k in range(len(reps))], index=reps.sort_values("image_id")["_cluster"].to_numpy()
+    )
+    members["cluster_id"] = members["_cluster"].map(name_of)
+    rep_row = members["_cluster"].map(rep_of).to_numpy(np.int64)
+    member_row = members.index.to_numpy()
+    same_exact = exact_group[member_row] == exact_group[rep_row]
+    # exact = pixel-identical to another member (whichever copy is kept); near = only similar
+    exact_sizes = np.bincount(exact_group, minlength=n)
+    members["kind"] = np.where(exact_sizes[exact_group[member_row]] > 1, "exact", "near")
+    # distance and similarity to the representative
+    all_codes = np.zeros(n, np.uint64)
+    all_codes[rows] = codes
+    members["distance"] = np.where(
+        same_exact, 0, np.bitwise_count(all_codes[member_row] ^ all_codes[rep_row]).astype(np.int64)
+    )
+    to_rep = np.where(same_exact, 1.0, -1.0).astype(np.float32)
+    need = ~same_exact & (thumbs is not None)
+    if need.any() and thumbs is not None:
+        to_rep[need] = thumbnail_similarity(
+            thumbs, member_row[need], rep_row[need], params.align_max_shift, tuple(params.align_zooms)
+        )
+    members["similarity"] = to_rep.round(4)
+    per_cluster = members.groupby("_cluster")
+    members["is_cross_patient"] = members["_cluster"].map(per_cluster["patient_id"].agg(_distinct) > 1)
+    members["is_label_conflict"] = members["_cluster"].map(per_cluster["label"].agg(_distinct) > 1)
+    duplicates = (
+        members.sort_values(["cluster_id", "is_representative", "image_id"], ascending=[True, False, True])[
+            DUPLICATES_COLUMNS
+        ]
+        .astype(
+            {
+                "distance": np.int64,
+                "is_representative": bool,
+                "is_cross_patient": bool,
+                "is_label_conflict": bool,
+            }
+        )
+        .reset_index(drop=True)
+    )
+
+    # pairs table: exact links and every near candidate
+    pi = np.concatenate([ex_i, ci])
+    pj = np.concatenate([ex_j, cj])
+    pairs = pd.DataFrame(
+        {
+            "image_id_a": df["image_id"].to_numpy()[pi],
+            "image_id_b": df["image_id"].to_numpy()[pj],
+            "link": ["exact"] * ex_i.size + ["near"] * ci.size,
+            "distance": np.concatenate([np.zeros(ex_i.size, np.int64), cdist]),
+            "similarity": np.concatenate([np.ones(ex_i.size, np.float32), sim]).round(4),
+            "is_confirmed": np.concatenate([np.ones(ex_i.size, bool), confirmed]),
+            "patient_id_a": df["patient_id"].to_numpy()[pi],
+            "patient_id_b": df["patient_id"].to_numpy()[pj],
+            "label_a": df["label"].to_numpy()[pi],
+            "label_b": df["label"].to_numpy()[pj],
+        },
+        columns=PAIRS_COLUMNS,
+    ).sort_values(["image_id_a", "image_id_b"], ignore_index=True)
+
+    clusters = duplicates.drop_duplicates("cluster_id")
+    non_rep = duplicates[~duplicates["is_representative"]]
+    metrics = {
+        "n_images": n,
+        "n_exact": int((non_rep["kind"] == "exact").sum()),
+        "n_near": int((non_rep["kind"] == "near").sum()),
+        "n_clusters": len(clusters),
+        "n_images_in_clusters": len(duplicates),
+        "n_cross_patient_clusters": int(clusters["is_cross_patient"].sum()),
+        "n_label_conflict_clusters": int(clusters["is_label_conflict"].sum()),
+        "n_candidates": int(ci.size),
+        "n_candidates_confirmed": int(confirmed.sum()),
+        "n_candidates_rejected": int((~confirmed).sum()),
+        "hash_method": params.hash_method,
+        "max_distance": params.max_distance,
+        "confirm_similarity": params.confirm_similarity,
+    }
+    return DedupResult(duplicates=duplicates, pairs=pairs, metrics=metrics)
+
+
+def pairs_for_sheet(pairs: pd.DataFrame, n: int) -> pd.DataFrame:
+    """The pairs worth a human look, most useful first.
+
+    Confirmed pairs across patients, then confirmed near pairs with the lowest similarity (the
+    borderline ones), then rejected candidates with the highest similarity (what the threshold
+    turned away). At most ``n`` pairs.
+    """
+    near = pairs[pairs["link"] == "near"]
+    conf = near[near["is_confirmed"]]
+    cross = conf[conf["patient_id_a"] != conf["patient_id_b"]].sort_values("similarity")
+    rest = conf.drop(cross.index).sort_values("similarity")
+    rejected = near[~near["is_confirmed"]].sort_values("similarity", ascending=False)
+    k_rej = min(len(rejected), max(n // 4, n - len(cross) - len(rest)))
+    chosen = pd.concat([cross, rest]).head(n - k_rej)
+    return pd.concat([chosen, rejected.head(k_rej)]).head(n)

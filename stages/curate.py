@@ -1,0 +1,53 @@
+"""Stage ``curate``: keep/exclude decision per image and the leakage groups.
+
+Reads:  ``--manifest`` (image_id, patient_id, status), ``--quality`` (is_<issue>_issue),
+        ``--duplicates`` (cluster_id, kind, is_representative, is_label_conflict).
+Writes: ``--out`` (data/interim/curated.parquet: image_id, included, reason, group_id for every
+        ``status == ok`` image), ``--metrics`` (metrics/curate.json: counts by reason, groups).
+Params: ``curate`` (exclude_issues, keep_one_per_duplicate_cluster, exclude_label_conflicts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.curate import curate, summarize
+from pipeline.io import write_json, write_parquet
+from pipeline.params import load_params
+
+log = logging.getLogger("stages.curate")
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--manifest", required=True, type=Path)
+    ap.add_argument("--quality", required=True, type=Path)
+    ap.add_argument("--duplicates", required=True, type=Path)
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--metrics", required=True, type=Path)
+    args = ap.parse_args(argv)
+    params = load_params(args.params)
+
+    manifest = pd.read_parquet(args.manifest)
+    curated = curate(manifest, pd.read_parquet(args.quality), pd.read_parquet(args.duplicates), params.curate)
+    # curate() already checked that every ok image is here exactly once (nothing is lost).
+    write_parquet(curated, args.out)
+    metrics = summarize(curated)
+    write_json(metrics, args.metrics)
+    log.info(
+        "curate: %d included, %d excluded %s",
+        metrics["n_included"],
+        metrics["n_excluded"],
+        metrics["excluded_by_reason"],
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

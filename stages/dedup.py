@@ -1,0 +1,85 @@
+"""Stage ``dedup``: exact and near-duplicate clusters, confirmed on thumbnails.
+
+Reads:  ``--manifest`` (image_id, path, sha256, width, height, patient_id, label, status),
+        ``--features`` (pixel_sha256, the ``dedup.hash_method`` hash, thumb, thumb_size),
+        ``--quality`` (to choose each cluster's representative); the image files of the pairs
+        shown on the sheet, under ``data.root``.
+Writes: ``--out`` (data/interim/duplicates.parquet: one row per member of every cluster),
+        ``--pairs-dir``/pairs.csv (every exact link and near candidate, confirmed or not) and
+        ``--pairs-dir``/pairs.png (side by side, ``dedup.n_pairs_sheet`` pairs),
+        ``--metrics`` (metrics/dedup.json).
+Params: ``dedup`` (hash_method, max_distance, confirm_similarity, align_max_shift, align_zooms,
+        n_pairs_sheet), ``data.root`` and ``ingest.max_pixels`` / ``ingest.multi_frame`` (sheet).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.dedup import find_duplicates, pairs_for_sheet
+from pipeline.io import write_csv, write_json, write_parquet, write_png
+from pipeline.params import load_params
+from pipeline.sheets import make_contact_sheet
+
+log = logging.getLogger("stages.dedup")
+
+
+def _pairs_sheet(pairs: pd.DataFrame, manifest: pd.DataFrame, params) -> object:
+    from pipeline.images import ImageRejected, read_image
+
+    paths = manifest.set_index("image_id")["path"]
+    images, captions = [], []
+    for row in pairs.itertuples():
+        try:
+            pair = [
+                read_image(
+                    Path(params.data.root) / paths[x], params.ingest.max_pixels, params.ingest.multi_frame
+                )
+                for x in (row.image_id_a, row.image_id_b)
+            ]
+        except ImageRejected as err:  # changed on disk since ingest: show the rest
+            log.warning("pair %s / %s: cannot decode for the sheet: %s", row.image_id_a, row.image_id_b, err)
+            continue
+        verdict = "dup" if row.is_confirmed else "no"
+        for decoded, image_id in zip(pair, (row.image_id_a, row.image_id_b), strict=True):
+            images.append(decoded.pixels)
+            captions.append(f"{verdict} {row.similarity:.3f} d{row.distance} {Path(image_id).stem}")
+    return make_contact_sheet(images, captions, tile_px=128, n_cols=6)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--manifest", required=True, type=Path)
+    ap.add_argument("--features", required=True, type=Path)
+    ap.add_argument("--quality", required=True, type=Path)
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--pairs-dir", required=True, type=Path)
+    ap.add_argument("--metrics", required=True, type=Path)
+    args = ap.parse_args(argv)
+    params = load_params(args.params)
+
+    manifest = pd.read_parquet(args.manifest)
+    features = pd.read_parquet(
+        args.features, columns=["image_id", "pixel_sha256", params.dedup.hash_method, "thumb", "thumb_size"]
+    )
+    quality = pd.read_parquet(args.quality)
+    result = find_duplicates(manifest, features, quality, params.dedup)
+    del features
+
+    write_parquet(result.duplicates, args.out)
+    write_csv(result.pairs, args.pairs_dir / "pairs.csv")
+    shown = pairs_for_sheet(result.pairs, params.dedup.n_pairs_sheet)
+    write_png(_pairs_sheet(shown, manifest, params), args.pairs_dir / "pairs.png")
+    write_json(result.metrics, args.metrics)
+    log.info("dedup: %s", {k: v for k, v in result.metrics.items() if k.startswith("n_")})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
