@@ -50,10 +50,19 @@ class ExecutorParams(Section):
 class DemoParams(Section):
     """The embedded synthetic dataset (DESIGN.md section 6)."""
 
-    classes: list[str] = Field(default_factory=lambda: ["normal", "nodule", "effusion"], min_length=2)
+    classes: list[Literal["normal", "nodule", "effusion", "cardiomegaly"]] = Field(
+        default_factory=lambda: ["normal", "nodule", "effusion"],
+        min_length=2,
+        description="Classes to draw; each name is a synthetic finding (normal = none).",
+    )
     n_patients: PositiveInt = 320
-    images_per_patient_range: tuple[PositiveInt, PositiveInt] = (1, 8)
-    image_size: Annotated[int, Field(ge=32)] = 128
+    images_per_patient_range: tuple[PositiveInt, PositiveInt] = Field(
+        default=(1, 8), description="[low, high] images per patient, duplicates included."
+    )
+    image_size: Annotated[int, Field(ge=32)] = Field(default=128, description="Side of the usual square image.")
+    mixed_patient_fraction: Fraction = Field(
+        default=0.1, description="Share of patients whose images have independently drawn labels."
+    )
     n_exact_duplicates: Annotated[int, Field(ge=0)] = 32
     n_near_duplicates: Annotated[int, Field(ge=0)] = 64
     n_cross_patient_duplicates: Annotated[int, Field(ge=0)] = 12
@@ -61,10 +70,13 @@ class DemoParams(Section):
     n_dark: Annotated[int, Field(ge=0)] = 16
     n_overexposed: Annotated[int, Field(ge=0)] = 16
     n_blank: Annotated[int, Field(ge=0)] = 16
-    n_odd_size: Annotated[int, Field(ge=0)] = 12
+    n_odd_size: Annotated[int, Field(ge=0)] = 8
+    n_odd_aspect_ratio: Annotated[int, Field(ge=0)] = 8
     n_corrupt: Annotated[int, Field(ge=0)] = 6
     n_not_an_image: Annotated[int, Field(ge=0)] = 4
-    flipped_label_fraction: Annotated[float, Field(ge=0.0, lt=0.5)] = 0.05
+    flipped_label_fraction: Annotated[float, Field(ge=0.0, lt=0.5)] = Field(
+        default=0.05, description="Share of the original images whose label is flipped (clean images only)."
+    )
 
     @field_validator("images_per_patient_range")
     @classmethod
@@ -79,6 +91,22 @@ class DemoParams(Section):
         if len(set(v)) != len(v):
             raise ValueError(f"class names must be unique, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _fits(self) -> DemoParams:
+        # The exact check (on the drawn image counts) is in pipeline.demo; this one catches
+        # combinations that cannot work whatever is drawn.
+        n_max = self.n_patients * self.images_per_patient_range[1]
+        n_planted = (
+            self.n_exact_duplicates + self.n_near_duplicates + self.n_cross_patient_duplicates
+        ) * 2 + self.n_blurry + self.n_dark + self.n_overexposed + self.n_blank + self.n_odd_size
+        n_planted += self.n_odd_aspect_ratio + self.n_corrupt + self.n_not_an_image
+        if n_planted > n_max:
+            raise ValueError(
+                f"the planted problems need at least {n_planted} images but n_patients={self.n_patients} "
+                f"x images_per_patient_range[1]={self.images_per_patient_range[1]} allows at most {n_max}"
+            )
+        return self
 
 
 class IngestParams(Section):
@@ -95,6 +123,25 @@ class IngestParams(Section):
     multi_frame: Literal["first", "reject"] = Field(
         default="first", description="Multi-frame TIFF/GIF/DICOM: keep the first frame or reject."
     )
+    classes: list[str] | None = Field(
+        default=None,
+        description="Allowed labels; other labels are rejected as unknown_label. null = any non-empty label.",
+    )
+
+    @field_validator("extensions")
+    @classmethod
+    def _dotted_extensions(cls, v: list[str]) -> list[str]:
+        bad = [e for e in v if not (e.startswith(".") and len(e) > 1)]
+        if bad or not v:
+            raise ValueError(f"expected a non-empty list of extensions like '.png', got {v}")
+        return [e.lower() for e in v]
+
+    @field_validator("classes")
+    @classmethod
+    def _unique_ingest_classes(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and (not v or len(set(v)) != len(v) or any(not c.strip() for c in v)):
+            raise ValueError(f"expected null or a list of unique, non-empty class names, got {v}")
+        return v
 
 
 class QualityParams(Section):
@@ -110,8 +157,17 @@ class QualityParams(Section):
     robust_z: Annotated[float, Field(gt=0)] = Field(
         default=4.0, description="How many robust standard deviations from the median is 'odd'."
     )
+    channel_mismatch_threshold: Fraction = Field(
+        default=0.1,
+        description="Flag an image whose channel mode (gray / gray stored as RGB / RGB) is this rare "
+        "relative to the dataset's most common mode.",
+    )
     size_tolerance: Fraction = Field(
         default=0.25, description="Relative size difference from the typical size that is still normal."
+    )
+    aspect_tolerance: Fraction = Field(
+        default=0.25,
+        description="Relative aspect-ratio difference from the typical aspect ratio that is still normal.",
     )
     n_contact_sheet: PositiveInt = 24
 
@@ -119,10 +175,23 @@ class QualityParams(Section):
 class DedupParams(Section):
     """Exact and near-duplicate detection."""
 
-    hash_method: Literal["phash", "dhash", "whash", "ahash"] = "phash"
-    max_distance: Annotated[int, Field(ge=0, le=64)] = 10
-    confirm_similarity: Annotated[float, Field(ge=-1.0, le=1.0)] = 0.9
-    thumbnail_size: Annotated[int, Field(ge=8, le=128)] = 32
+    hash_method: Literal["phash", "dhash", "whash", "ahash"] = Field(
+        default="phash", description="imagededup hash (a column of features.parquet) used for candidates."
+    )
+    max_distance: Annotated[int, Field(ge=0, le=64)] = Field(
+        default=10, description="Hamming radius for candidates (imagededup's default, 10)."
+    )
+    confirm_similarity: Annotated[float, Field(ge=-1.0, le=1.0)] = Field(
+        default=0.96, description="Least aligned thumbnail correlation that confirms a candidate."
+    )
+    align_max_shift: Annotated[int, Field(ge=0, le=8)] = Field(
+        default=2, description="Largest shift (thumbnail pixels) tried when aligning two thumbnails."
+    )
+    align_zooms: list[Annotated[float, Field(ge=1.0, le=1.5)]] = Field(
+        default_factory=lambda: [1.0, 1.05, 1.1],
+        min_length=1,
+        description="Magnifications tried when aligning (a crop of an image is a zoom of it).",
+    )
     n_pairs_sheet: PositiveInt = 24
 
 
@@ -195,18 +264,35 @@ class NormalizeParams(Section):
 
 
 class AugmentParams(Section):
-    """Domain-aware augmentation policy and batch-level regularization."""
+    """Domain-aware augmentation policy (pipeline/augment.py PRESETS) and batch-level regularization."""
 
     domain: Literal["chest_xray", "dermoscopy", "histopathology", "fundus", "generic"] = "chest_xray"
-    transforms: dict[str, dict] | None = Field(
+    transforms: dict[str, dict | None] | None = Field(
         default=None,
-        description="Override the preset: {TransformName: {arg: value}}; null = the domain preset.",
+        description=(
+            "Replace the preset: {AlbumentationsClassName: {arg: value}}, applied in order; "
+            "null = the domain preset, {} = no augmentation. Forbidden transforms are refused."
+        ),
     )
-    allow_unsafe: bool = False
-    horizontal_flip: bool = False
-    mixup_alpha: Annotated[float, Field(ge=0)] = 0.2
-    cutmix_alpha: Annotated[float, Field(ge=0)] = 0.0
-    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    allow_unsafe: bool = Field(
+        default=False, description="Use transforms the domain forbids (logged as warnings) instead of failing."
+    )
+    horizontal_flip: bool | None = Field(
+        default=None,
+        description=(
+            "null = the domain default (off for chest_xray, on otherwise); true adds HorizontalFlip "
+            "(for chest_xray with a logged laterality warning); false removes it."
+        ),
+    )
+    mixup_alpha: Annotated[float, Field(ge=0)] = Field(
+        default=0.2, description="Mixup lambda ~ Beta(alpha, alpha); 0 = off."
+    )
+    cutmix_alpha: Annotated[float, Field(ge=0)] = Field(
+        default=0.0, description="CutMix lambda ~ Beta(alpha, alpha); 0 = off; both > 0: one per batch, p=0.5."
+    )
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = Field(
+        default=0.05, description="Soft target = (1 - s) * one_hot + s / n_classes."
+    )
     n_preview_images: PositiveInt = 6
     n_preview_variants: PositiveInt = 6
 
@@ -218,26 +304,46 @@ class ModelParams(Section):
     weights_path: str | None = Field(
         default=None, description="Local file of pretrained weights; never downloaded."
     )
-    width: PositiveInt = 32
+    width: PositiveInt = Field(default=16, description="small_cnn base width (channels 1x,2x,4x,8x).")
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.2
 
 
 class LabelIssuesParams(Section):
     """Out-of-fold label-issue finding with cleanlab."""
 
-    n_folds: Annotated[int, Field(ge=2)] = 5
-    splits: list[Literal["train", "val"]] = Field(default_factory=lambda: ["train", "val"])
-    auditor: Literal["auto", "cnn", "linear"] = "auto"
-    action: Literal["flag", "drop"] = "flag"
-    cnn_epochs: PositiveInt = 6
-    n_top: PositiveInt = 24
+    n_folds: Annotated[int, Field(ge=2)] = Field(default=5, description="Folds, grouped by group_id.")
+    splits: list[Literal["train", "val"]] = Field(
+        default_factory=lambda: ["train", "val"], min_length=1, description="Splits audited (never test)."
+    )
+    auditor: Literal["auto", "cnn", "linear"] = Field(
+        default="auto", description="auto = cnn on CUDA or when cheap enough on CPU, else linear."
+    )
+    action: Literal["flag", "drop"] = Field(
+        default="flag", description="drop = flagged train rows are excluded (reason label_issue)."
+    )
+    cnn_epochs: PositiveInt = Field(default=6, description="Epochs per fold of the cnn auditor.")
+    cnn_cpu_budget: Annotated[int, Field(ge=0)] = Field(
+        default=20000,
+        description="auto on CPU picks cnn when n_images * n_folds * cnn_epochs * (image_size/64)^2 <= this.",
+    )
+    linear_c: Annotated[float, Field(gt=0)] = Field(
+        default=0.01, description="Inverse L2 strength of the linear auditor's logistic regression."
+    )
+    n_top: PositiveInt = Field(default=24, description="Issues shown in reports/label_issues/top.png.")
+
+    @field_validator("splits")
+    @classmethod
+    def _unique_splits(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"splits must be unique, got {v}")
+        return v
 
 
 class TrainParams(Section):
     """CNN training."""
 
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
-    epochs: PositiveInt = 20
+    epochs: PositiveInt = 15
     batch_size: PositiveInt = 64
     lr: Annotated[float, Field(gt=0)] = 3e-3
     weight_decay: Annotated[float, Field(ge=0)] = 1e-4
@@ -252,22 +358,25 @@ class TrainParams(Section):
 class EvaluateParams(Section):
     """Test-set evaluation."""
 
-    n_bootstrap: Annotated[int, Field(ge=0)] = 1000
+    n_bootstrap: Annotated[int, Field(ge=0)] = Field(
+        default=1000, description="Bootstrap replicates (patients resampled); 0 = no intervals."
+    )
     ci_level: Annotated[float, Field(gt=0, lt=1)] = 0.95
     n_calibration_bins: Annotated[int, Field(ge=2)] = 10
+    device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    batch_size: PositiveInt = 256
 
 
 class ReportParams(Section):
     """The HTML audit report."""
 
-    n_gallery: PositiveInt = 24
-    thumbnail_px: PositiveInt = 96
+    n_gallery: PositiveInt = Field(default=24, description="Rows of each long table shown in the report.")
 
 
 class Params(Section):
     """All of ``params.yaml``."""
 
-    seed: int = 42
+    seed: Annotated[int, Field(ge=0)] = 42
     data: DataParams
     executor: ExecutorParams = ExecutorParams()
     demo: DemoParams = DemoParams()
