@@ -57,3 +57,21 @@ def test_stage_imports_only_modules_it_depends_on(name):
 
 def test_every_params_section_is_modelled():
     assert set(PARAMS) <= set(Params.model_fields)
+
+
+def test_readme_documents_every_params_key():
+    readme = (ROOT / "README.md").read_text()
+    missing = []
+    for section, body in PARAMS.items():
+        keys = body if isinstance(body, dict) else {section: body}
+        for key in keys:
+            if f"`{key}`" not in readme and f"`{section}.{key}`" not in readme:
+                missing.append(f"{section}.{key}" if isinstance(body, dict) else key)
+    assert not missing, f"README.md does not document params keys {missing}"
+
+
+def test_readme_quick_start_has_the_two_commands():
+    readme = (ROOT / "README.md").read_text()
+    quick = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    commands = [line.split("#")[0].strip() for line in quick.split("```bash", 1)[1].split("```", 1)[0].splitlines()]
+    assert [c for c in commands if c] == ["make repro", "make test"]
