@@ -11,14 +11,23 @@ files, with the same number of worker processes:
 * **decode-only**: read the bytes and ``cv2.imdecode(IMREAD_UNCHANGED)``, nothing else (the limit);
 * **our full scan**: :func:`pipeline.ingest.ingest` in class-per-folder mode: scan, validation,
   sha256, header checks, one decode, and :func:`pipeline.features.compute_features` (quality
-  measures, imagededup hashes, thumbnail, pixel hash), manifest and features tables built;
+  measures, the imagededup-identical phash/dhash/ahash, thumbnail, pixel hash), manifest and
+  features tables built;
 * **CleanVision**: ``Imagelab(...).find_issues(n_jobs=workers)`` with its default issue types, on
-  the first ``--cleanvision-n`` images (it is slow; images/s is computed on that subset);
-* **imagededup**: ``PHash().encode_images(image_dir, num_enc_workers=workers)`` (hashing only).
+  the first ``--cleanvision-n`` images (it is slow; its images/s is measured on that subset and
+  stands for the whole set);
+* **imagededup**: ``PHash().encode_images(image_dir, num_enc_workers=workers)`` (hashing only), on
+  the first ``--imagededup-n`` images (default: all).
+
+Each is timed by wall clock (images/s, the table) and by CPU time of this process plus its
+worker processes (ms per image): on a shared machine other jobs slow the wall clock of whatever
+runs at the time, while CPU time per image hardly moves, so the CPU ratio is the steadier one.
+``--repeat R`` times decode-only and our scan R times each, alternating, and keeps the best.
 
 One-time imports and pool warm-up are excluded for everyone (each is run once on a few images
-first). The last line reads ``scan_vs_decode=<ratio> scan_vs_cleanvision=<ratio>`` with rates
-over all sizes together (total images / total seconds); ``nan`` when CleanVision is missing.
+first). The last line reads ``scan_vs_decode=<ratio> scan_vs_cleanvision=<ratio>`` with
+wall-clock rates over all sizes together (total images / total seconds); ``nan`` when CleanVision
+is missing.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import shutil
 import sys
 import tempfile
@@ -65,13 +75,17 @@ def generate(folder: Path, n: int, size: int, executor: ExecutorParams) -> list[
     return paths
 
 
-def timed(fn) -> float:
-    start = time.perf_counter()
+def timed(fn) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process and of the worker processes it waited for)."""
+    t0, c0 = time.perf_counter(), os.times()
     fn()
-    return time.perf_counter() - start
+    t1, c1 = time.perf_counter(), os.times()
+    cpu = (c1.user - c0.user) + (c1.system - c0.system)
+    cpu += (c1.children_user - c0.children_user) + (c1.children_system - c0.children_system)
+    return t1 - t0, cpu
 
 
-def run_cleanvision(paths: list[str], workers: int) -> float | None:
+def run_cleanvision(paths: list[str], workers: int) -> tuple[float, float] | None:
     try:
         from cleanvision import Imagelab
     except ImportError:
@@ -84,9 +98,16 @@ def run_cleanvision(paths: list[str], workers: int) -> float | None:
     return timed(go)
 
 
-def run_imagededup(folder: Path, workers: int) -> float:
+def run_imagededup(paths: list[str], workers: int, subset_dir: Path) -> tuple[float, float]:
     from imagededup.methods import PHash
 
+    folder = Path(paths[0]).parent
+    if len(paths) < len(list(folder.iterdir())):  # a subset: hard-link it into a folder of its own
+        folder = subset_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        for p in paths:
+            if not (folder / Path(p).name).exists():
+                os.link(p, folder / Path(p).name)
     return timed(lambda: PHash(verbose=False).encode_images(image_dir=str(folder), num_enc_workers=workers))
 
 
@@ -97,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
     parser.add_argument("--chunk-size", type=int, default=64)
     parser.add_argument("--cleanvision-n", type=int, default=1000, help="images CleanVision runs on")
+    parser.add_argument("--imagededup-n", type=int, default=None, help="images imagededup runs on (all)")
+    parser.add_argument("--repeat", type=int, default=1, help="time decode-only and our scan this often")
     parser.add_argument("--keep", type=Path, default=None, help="generate into (and keep) this folder")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -105,53 +128,80 @@ def main(argv: list[str] | None = None) -> int:
     executor = ExecutorParams(n_workers=args.workers, chunk_size=args.chunk_size)
     workers = n_workers(executor)
     base = args.keep or Path(tempfile.mkdtemp(prefix="bench_scan_"))
-    rows, totals = [], {"decode": [0, 0.0], "scan": [0, 0.0], "cleanvision": [0, 0.0], "imagededup": [0, 0.0]}
+    keys = ("decode", "scan", "cleanvision", "imagededup")
+    rows = []
+    totals = {k: [0, 0.0, 0.0] for k in keys}  # images, wall s, cpu s
     try:
-        # warm-up: imports (imagededup pulls in torch) and the feature code, once, untimed
+        # warm-up: imports (imagededup and CleanVision pull in torch) and the feature code, untimed
         warm = base / "warm"
         generate(warm, 8, 64, ExecutorParams(n_workers=1))
         ingest(warm, None, IngestParams(), None)
-        run_imagededup(warm / "c", 1)
-        run_cleanvision([str(p) for p in sorted((warm / "c").iterdir())], 1)
+        warm_paths = [str(p) for p in sorted((warm / "c").iterdir())]
+        run_imagededup(warm_paths, 1, base / "warm_subset")
+        run_cleanvision(warm_paths, 1)
 
         for size in args.size:
             folder = base / f"px{size}"
             paths = generate(folder, args.n, size, executor)
-            t_decode = timed(lambda paths=paths: map_images(_decode_only, paths, executor, desc="decode"))
-            t_scan = timed(lambda folder=folder: ingest(folder, None, IngestParams(), executor))
+            best = {"decode": (math.inf, math.inf), "scan": (math.inf, math.inf)}
+            for _ in range(max(1, args.repeat)):
+                t = timed(lambda paths=paths: map_images(_decode_only, paths, executor, desc="decode"))
+                best["decode"] = min(best["decode"], t)
+                t = timed(lambda folder=folder: ingest(folder, None, IngestParams(), executor))
+                best["scan"] = min(best["scan"], t)
             n_cv = min(args.cleanvision_n, args.n)
-            t_cv = run_cleanvision(paths[:n_cv], workers)
-            t_dedup = run_imagededup(folder / "c", workers)
-            rate = {
-                "decode": args.n / t_decode,
-                "scan": args.n / t_scan,
-                "cleanvision": n_cv / t_cv if t_cv else math.nan,
-                "imagededup": args.n / t_dedup,
+            n_dd = min(args.imagededup_n or args.n, args.n)
+            measured = {
+                "decode": (args.n, *best["decode"]),
+                "scan": (args.n, *best["scan"]),
+                "cleanvision": (n_cv, *(run_cleanvision(paths[:n_cv], workers) or (math.nan, math.nan))),
+                "imagededup": (n_dd, *run_imagededup(paths[:n_dd], workers, base / f"imagededup_{size}px")),
             }
-            for key, n_img, secs in (
-                ("decode", args.n, t_decode),
-                ("scan", args.n, t_scan),
-                ("cleanvision", n_cv, t_cv),
-                ("imagededup", args.n, t_dedup),
-            ):
-                if secs:
+            for key, (n_img, wall, cpu) in measured.items():
+                if not math.isnan(wall):
                     totals[key][0] += n_img
-                    totals[key][1] += secs
-            rows.append((size, rate))
+                    totals[key][1] += wall
+                    totals[key][2] += cpu
+            rows.append((size, n_cv, n_dd, measured))
     finally:
         if args.keep is None:
             shutil.rmtree(base, ignore_errors=True)
 
-    print(f"\nimages/s, {args.n} grayscale 8-bit PNGs per size, {workers} worker process(es)")
+    def rate(n_img: int, wall: float) -> float:
+        return n_img / wall if wall else math.nan
+
+    def ms(n_img: int, cpu: float) -> float:
+        return 1e3 * cpu / n_img if n_img else math.nan
+
+    print(f"\nimages/s (wall clock), {args.n} grayscale 8-bit PNGs per size, {workers} worker process(es)")
+    print(
+        f"{'size':>6} | {'decode-only':>11} | {'our scan':>9} | {'cleanvision':>11} | {'imagededup':>10} | "
+        "scan/decode | scan/cleanvision"
+    )
+    for size, _n_cv, _n_dd, m in rows:
+        r = {k: rate(m[k][0], m[k][1]) for k in keys}
+        print(
+            f"{size:>6} | {r['decode']:>11.1f} | {r['scan']:>9.1f} | {r['cleanvision']:>11.1f} | "
+            f"{r['imagededup']:>10.1f} | {r['scan'] / r['decode']:>11.2f} | {r['scan'] / r['cleanvision']:>16.2f}"
+        )
+    print("\nCPU ms per image (this process + its workers)")
     print(
         f"{'size':>6} | {'decode-only':>11} | {'our scan':>9} | {'cleanvision':>11} | {'imagededup':>10} | scan/decode"
     )
-    for size, r in rows:
+    for size, _n_cv, _n_dd, m in rows:
+        c = {k: ms(m[k][0], m[k][2]) for k in keys}
         print(
-            f"{size:>6} | {r['decode']:>11.1f} | {r['scan']:>9.1f} | {r['cleanvision']:>11.1f} | "
-            f"{r['imagededup']:>10.1f} | {r['scan'] / r['decode']:.2f}"
+            f"{size:>6} | {c['decode']:>11.2f} | {c['scan']:>9.2f} | {c['cleanvision']:>11.2f} | "
+            f"{c['imagededup']:>10.2f} | {c['decode'] / c['scan']:.2f}"
         )
-    total_rate = {k: (n / s if s else math.nan) for k, (n, s) in totals.items()}
+    subsets = [f"{size}px: CleanVision on {n_cv}, imagededup on {n_dd}" for size, n_cv, n_dd, _ in rows]
+    print("subsets (their images/s stand for the whole set): " + "; ".join(subsets))
+    total_rate = {k: rate(n, wall) for k, (n, wall, _cpu) in totals.items()}
+    total_ms = {k: ms(n, cpu) for k, (n, _wall, cpu) in totals.items()}
+    print(
+        f"cpu_scan_vs_decode={total_ms['decode'] / total_ms['scan']:.2f} "
+        f"cpu_scan_vs_cleanvision={total_ms['cleanvision'] / total_ms['scan']:.2f}"
+    )
     print(
         f"scan_vs_decode={total_rate['scan'] / total_rate['decode']:.2f} "
         f"scan_vs_cleanvision={total_rate['scan'] / total_rate['cleanvision']:.2f}"

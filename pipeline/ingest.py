@@ -417,8 +417,8 @@ def ingest(
 
 
 def _warm_up() -> None:
-    """Import and run the feature code once here: imagededup imports torch (seconds), and forked
-    pool workers then inherit the loaded modules instead of each importing them again."""
+    """Import and run the feature code once here (scipy, OpenCV, the one-time check of Pillow's
+    resampling order), so forked pool workers inherit it instead of each redoing it."""
     from pipeline.features import compute_features
 
     compute_features(np.zeros((8, 8), np.uint8), 8)

@@ -175,7 +175,7 @@ class QualityParams(Section):
 class DedupParams(Section):
     """Exact and near-duplicate detection."""
 
-    hash_method: Literal["phash", "dhash", "whash", "ahash"] = Field(
+    hash_method: Literal["phash", "dhash", "ahash"] = Field(
         default="phash", description="imagededup hash (a column of features.parquet) used for candidates."
     )
     max_distance: Annotated[int, Field(ge=0, le=64)] = Field(

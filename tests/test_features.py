@@ -113,3 +113,165 @@ def test_blur_and_blank_measures():
 def test_bad_input_is_a_value_error(pixels, bit_depth, match):
     with pytest.raises(ValueError, match=match):
         compute_features(pixels, bit_depth)
+
+
+# ---------------------------------------------------------------------------------------------
+# perceptual hashes: our re-implementation vs imagededup itself (issue 9: no imagededup/torch import
+# in the ingest pass, same hashes bit for bit)
+
+from imagededup.methods import AHash, WHash  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from pipeline.features import (  # noqa: E402
+    _lanczos_resize_many,
+    _pillow_pass_order,
+    perceptual_hashes,
+)
+
+IMAGEDEDUP = {
+    "phash": PHash(verbose=False),
+    "dhash": DHash(verbose=False),
+    "ahash": AHash(verbose=False),
+    "whash": WHash(verbose=False),
+}
+
+
+def _varied(rng: np.random.Generator, h: int, w: int, kind: str) -> np.ndarray:
+    if kind == "noise":
+        return rng.integers(0, 256, (h, w), dtype=np.uint8)
+    if kind == "constant":
+        return np.full((h, w), int(rng.integers(0, 256)), np.uint8)
+    if kind == "gradient":
+        return ((np.indices((h, w)).sum(0) * 255) // max(1, h + w - 2)).astype(np.uint8)
+    coarse = cv2.resize(rng.random((5, 5), dtype=np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
+    return np.clip(coarse * 300 - 20 + rng.normal(0, 3, (h, w)), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("h", "w"),
+    [
+        (1, 1),
+        (3, 7),
+        (8, 9),
+        (9, 8),
+        (31, 31),
+        (32, 32),
+        (45, 31),
+        (100, 8),
+        (256, 256),
+        (256, 171),
+        (171, 256),
+        (300, 20),
+        (20, 300),
+        (700, 500),
+        (999, 1000),
+        (2000, 1501),
+    ],  # fmt: skip
+)
+def test_perceptual_hashes_are_imagededups_bit_for_bit(h, w):
+    rng = np.random.default_rng(h * 10007 + w)
+    names = ("phash", "dhash", "ahash", "whash")
+    for kind in ("noise", "smooth", "constant", "gradient"):
+        img = _varied(rng, h, w, kind)
+        expected = {name: IMAGEDEDUP[name].encode_image(image_array=img) for name in names}
+        assert perceptual_hashes(img, names) == expected, (h, w, kind)
+
+
+def test_lanczos_resize_is_pillows_on_random_shapes():
+    """Both pass orders of Pillow's two-pass LANCZOS, including up- and mixed scaling."""
+    rng = np.random.default_rng(11)
+    sizes = [(32, 32), (9, 8), (8, 8), (256, 256)]
+    for _ in range(40):
+        h, w = (int(v) for v in rng.integers(1, 400, 2))
+        img = rng.integers(0, 256, (h, w), dtype=np.uint8)
+        ours = _lanczos_resize_many(img, sizes)
+        for size, got in zip(sizes, ours, strict=True):
+            expected = np.asarray(Image.fromarray(img).resize(size, Image.Resampling.LANCZOS))
+            assert np.array_equal(got, expected), (h, w, size)
+
+
+def test_pass_order_of_the_installed_pillow_is_reproduced():
+    # "pillow" would mean the fallback (Pillow resizes, exact but slower): a new Pillow changed
+    # its LANCZOS pass order again and _vertical_first needs a look.
+    assert _pillow_pass_order() in ("horizontal_first", "vertical_first_when_taller")
+    img = np.random.default_rng(12).integers(0, 256, (216, 29), dtype=np.uint8)
+    sizes = [(32, 32), (9, 8)]
+    fallback = _lanczos_resize_many(img, sizes, rule="pillow")
+    assert all(np.array_equal(a, b) for a, b in zip(_lanczos_resize_many(img, sizes), fallback, strict=True))
+
+
+def test_feature_hashes_versus_imagededup_on_the_decoded_image():
+    rng = np.random.default_rng(13)
+    # at most WORK_PX px, 8-bit gray: the working copy is the image, so the hashes are identical
+    for h, w in ((128, 128), (256, 200), (37, 256)):
+        img = _varied(rng, h, w, "smooth")
+        f = compute_features(img, 8)
+        for name in ("phash", "dhash", "ahash"):
+            assert f[name] == IMAGEDEDUP[name].encode_image(image_array=img), (h, w, name)
+    # larger, RGB: hashed on the reduced gray working copy, a few bits from imagededup's full-size hash
+    for h, w in ((700, 900), (1500, 400)):
+        gray = np.rint(cv2.resize(textured(rng, 200), (w, h)) * 255).astype(np.uint8)
+        rgb = np.stack([gray, np.roll(gray, 5, axis=1), gray // 2], 2)
+        for img in (gray, rgb):
+            f = compute_features(img, 8)
+            for name in ("phash", "dhash", "ahash"):
+                ref = IMAGEDEDUP[name].encode_image(image_array=img)
+                assert bin(int(f[name], 16) ^ int(ref, 16)).count("1") <= 4, (h, w, img.ndim, name)
+
+
+def test_the_scan_imports_neither_imagededup_nor_torch(tmp_path):
+    """Team rule: no torch in ingest/quality (``import imagededup`` imports torch, 15-30 s)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cv2.imwrite(str(tmp_path / "a.png"), np.random.default_rng(14).integers(0, 256, (40, 50), dtype=np.uint8))
+    code = (
+        "import sys\n"
+        "from pipeline.ingest import FileTask, ingest_file\n"
+        f"res = ingest_file(FileTask(root={str(tmp_path)!r}, path='a.png', label='x', patient_id='p'))\n"
+        "assert res.features is not None and len(res.features['phash']) == 16, res\n"
+        "bad = [m for m in ('imagededup', 'torch', 'torchvision') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=root, timeout=120)
+
+
+def test_histogram_statistics_match_numpy():
+    rng = np.random.default_rng(15)
+    for img, bd in (
+        (rng.integers(3, 250, (200, 130), dtype=np.uint8), 8),
+        (rng.integers(100, 4000, (90, 256), dtype=np.uint16), 16),
+    ):
+        f = compute_features(img, bd)
+        scale = 2.0**bd - 1
+        assert f["mean"] == pytest.approx(img.mean() / scale, rel=1e-12)
+        assert f["std"] == pytest.approx(img.std() / scale, rel=1e-9)
+        for key, q in (("min", 0), ("p05", 5), ("median", 50), ("p99", 99), ("max", 100)):
+            assert f[key] == np.percentile(img, q, method="inverted_cdf") / scale, key
+
+
+@pytest.mark.parametrize("shape", [(150, 111), (128, 64), (64, 256)])  # scipy / OpenCV (2**k) paths
+def test_hf_ratio_is_the_masked_share_of_the_half_spectrum(shape):
+    rng = np.random.default_rng(16)
+    img = np.rint(textured(rng, 256) * 255).astype(np.uint8)[: shape[0], : shape[1]]
+    g = img / 255.0 - img.mean() / 255.0
+    spec = np.abs(np.fft.rfft2(g)) ** 2
+    radius = np.hypot(np.fft.fftfreq(g.shape[0])[:, None], np.fft.rfftfreq(g.shape[1])[None, :])
+    expected = spec[radius > 0.25].sum() / spec.sum()
+    assert compute_features(img, 8)["hf_ratio"] == pytest.approx(expected, rel=1e-4)
+    assert compute_features(np.full(shape, 9, np.uint8), 8)["hf_ratio"] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("gray8", "names", "match"),
+    [
+        (np.zeros((4, 4, 3), np.uint8), ("phash",), "2-D uint8"),
+        (np.zeros((4, 4), np.uint16), ("phash",), "2-D uint8"),
+        (np.zeros((4, 4), np.uint8), ("mhash",), "unknown hash"),
+    ],
+)
+def test_perceptual_hashes_bad_input_is_a_value_error(gray8, names, match):
+    with pytest.raises(ValueError, match=match):
+        perceptual_hashes(gray8, names)
