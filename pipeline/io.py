@@ -28,7 +28,9 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=(suffix or path.suffix) + ".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=(suffix or path.suffix) + ".tmp", dir=path.parent
+    )
     os.close(fd)
     tmp_path = Path(tmp)
     # mkstemp creates files readable by the owner only; give outputs the usual umask-based mode.

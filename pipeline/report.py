@@ -137,8 +137,10 @@ def _section_accounting(a: AuditInputs) -> str:
     rows = [("files found", acc.get("n_files")), ("rejected at ingest", acc.get("n_rejected"))]
     rows += [(f"excluded: {r}", n) for r, n in sorted(excluded.items())]
     rows += [("train", acc.get("n_train")), ("val", acc.get("n_val")), ("test", acc.get("n_test"))]
-    total = (acc.get("n_rejected") or 0) + sum(excluded.values()) + sum(
-        acc.get(k) or 0 for k in ("n_train", "n_val", "n_test")
+    total = (
+        (acc.get("n_rejected") or 0)
+        + sum(excluded.values())
+        + sum(acc.get(k) or 0 for k in ("n_train", "n_val", "n_test"))
     )
     adds_up = total == acc.get("n_files")
     body = "".join(f"<tr><th>{html.escape(k)}</th><td>{v}</td></tr>" for k, v in rows)
@@ -223,7 +225,9 @@ def _section_split(a: AuditInputs) -> str:
     out.append(_kv({k: v for k, v in sm.items() if k not in per_split}))
     bal = a.split_balance
     if bal is not None and {"label", "split", "n_images"} <= set(bal.columns):
-        pivot = bal.pivot_table(index="label", columns="split", values="n_images", aggfunc="sum", fill_value=0)
+        pivot = bal.pivot_table(
+            index="label", columns="split", values="n_images", aggfunc="sum", fill_value=0
+        )
         out.append(_table(pivot.reset_index()))
 
         def draw(ax: Any) -> None:

@@ -61,7 +61,9 @@ def make_contact_sheet(
     """
     if len(images) == 0:
         sheet = np.full((40, 320, 3), 255, np.uint8)
-        cv2.putText(sheet, "nothing to show", (8, 26), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(
+            sheet, "nothing to show", (8, 26), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1, cv2.LINE_AA
+        )
         return sheet
     captions = list(captions) if captions is not None else [""] * len(images)
     if len(captions) != len(images):
@@ -78,7 +80,13 @@ def make_contact_sheet(
         if cap:
             text = cap if len(cap) <= max_chars else cap[: max_chars - 2] + ".."
             cv2.putText(
-                sheet, text, (x + 2, y + tile_px + caption_px - 4), cv2.FONT_HERSHEY_PLAIN, 0.8, (0, 0, 0), 1,
+                sheet,
+                text,
+                (x + 2, y + tile_px + caption_px - 4),
+                cv2.FONT_HERSHEY_PLAIN,
+                0.8,
+                (0, 0, 0),
+                1,
                 cv2.LINE_AA,
             )
     return sheet

@@ -14,8 +14,19 @@ ROOT = Path(__file__).resolve().parents[1]
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 STAGE_ORDER = [
-    "demo_data", "ingest", "quality", "dedup", "curate", "split", "normalize", "augment",
-    "label_issues", "accounting", "train", "evaluate", "report",
+    "demo_data",
+    "ingest",
+    "quality",
+    "dedup",
+    "curate",
+    "split",
+    "normalize",
+    "augment",
+    "label_issues",
+    "accounting",
+    "train",
+    "evaluate",
+    "report",
 ]
 
 
@@ -73,5 +84,7 @@ def test_readme_documents_every_params_key():
 def test_readme_quick_start_has_the_two_commands():
     readme = (ROOT / "README.md").read_text()
     quick = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
-    commands = [line.split("#")[0].strip() for line in quick.split("```bash", 1)[1].split("```", 1)[0].splitlines()]
+    commands = [
+        line.split("#")[0].strip() for line in quick.split("```bash", 1)[1].split("```", 1)[0].splitlines()
+    ]
     assert [c for c in commands if c] == ["make repro", "make test"]

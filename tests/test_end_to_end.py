@@ -83,11 +83,7 @@ def _repro(project: Path, *targets: str) -> list[str]:
         ["dvc", "repro", *targets], cwd=project, env=_env(), capture_output=True, text=True, timeout=900
     )
     assert proc.returncode == 0, f"dvc repro failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    return [
-        line.split("'")[1]
-        for line in proc.stdout.splitlines()
-        if line.startswith("Running stage '")
-    ]
+    return [line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage '")]
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +96,9 @@ def test_repro_runs_every_stage_then_none(project):
     ran = _repro(project)
     assert ran == list(dvc["stages"])
     acc = yaml.safe_load((project / "metrics/accounting.json").read_text())
-    total = acc["n_rejected"] + sum(acc["n_excluded"].values()) + acc["n_train"] + acc["n_val"] + acc["n_test"]
+    total = (
+        acc["n_rejected"] + sum(acc["n_excluded"].values()) + acc["n_train"] + acc["n_val"] + acc["n_test"]
+    )
     assert total == acc["n_files"]
     assert (project / "reports/audit.html").stat().st_size > 10_000
     assert _repro(project) == []

@@ -22,7 +22,9 @@ def raw() -> dict:
 def test_params_yaml_validates():
     params = load_params(ROOT / "params.yaml")
     assert params.data.root == "data/demo"
-    assert abs(params.split.train_fraction + params.split.val_fraction + params.split.test_fraction - 1) < 1e-9
+    assert (
+        abs(params.split.train_fraction + params.split.val_fraction + params.split.test_fraction - 1) < 1e-9
+    )
 
 
 def test_params_yaml_is_complete(raw):
@@ -39,10 +41,18 @@ def test_params_yaml_is_complete(raw):
     [
         (("quality", "dark_treshold"), 0.1, "quality.dark_treshold: Extra inputs are not permitted"),
         (("split", "train_fraction"), "lots", "split.train_fraction: Input should be a valid number"),
-        (("split", "train_fraction"), 0.9, "split: Value error, train_fraction + val_fraction + test_fraction must be 1"),
+        (
+            ("split", "train_fraction"),
+            0.9,
+            "split: Value error, train_fraction + val_fraction + test_fraction must be 1",
+        ),
         (("dedup", "max_distance"), 65, "dedup.max_distance: Input should be less than or equal to 64"),
         (("normalize", "mode"), "zscore", "normalize.mode: Input should be"),
-        (("curate", "exclude_issues"), ["blurry", "fuzzy"], "curate.exclude_issues: Value error, unknown quality issue(s) ['fuzzy']"),
+        (
+            ("curate", "exclude_issues"),
+            ["blurry", "fuzzy"],
+            "curate.exclude_issues: Value error, unknown quality issue(s) ['fuzzy']",
+        ),
         (("seed",), "x", "seed: Input should be a valid integer"),
     ],
 )

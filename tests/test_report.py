@@ -38,25 +38,53 @@ def _full_inputs() -> AuditInputs:
     return AuditInputs(
         ingest_metrics={"n_files": 10, "n_ok": 8, "n_rejected": 2, "rejected_by_reason": {"truncated": 2}},
         rejected=pd.DataFrame({"path": ["a.png", "b.jpg"], "reason": ["truncated", "truncated"]}),
-        accounting={"n_files": 10, "n_rejected": 2, "n_excluded": {"exact_duplicate": 1}, "n_train": 5, "n_val": 1, "n_test": 1},
+        accounting={
+            "n_files": 10,
+            "n_rejected": 2,
+            "n_excluded": {"exact_duplicate": 1},
+            "n_train": 5,
+            "n_val": 1,
+            "n_test": 1,
+        },
         quality_metrics={"n_images": 8, "flagged": {"dark": 1, "blurry": 0}},
         quality_sheets={"dark": img},
         dedup_metrics={"n_exact": 1, "n_near": 0, "n_clusters": 1},
         duplicates=pd.DataFrame(
-            {"image_id": ["x", "y"], "cluster_id": [0, 0], "is_cross_patient": [True, True], "is_label_conflict": [False, False]}
+            {
+                "image_id": ["x", "y"],
+                "cluster_id": [0, 0],
+                "is_cross_patient": [True, True],
+                "is_label_conflict": [False, False],
+            }
         ),
         dedup_sheet=img,
-        curated=pd.DataFrame({"image_id": ["x", "y"], "included": [True, False], "reason": ["", "exact_duplicate"], "group_id": ["g0", "g0"]}),
+        curated=pd.DataFrame(
+            {
+                "image_id": ["x", "y"],
+                "included": [True, False],
+                "reason": ["", "exact_duplicate"],
+                "group_id": ["g0", "g0"],
+            }
+        ),
         manifest=pd.DataFrame({"image_id": ["x", "y"], "patient_id": ["p1", "p2"]}),
         split_metrics={"train": {"images": 5, "patients": 3}, "leaking_groups": 0},
-        split_balance=pd.DataFrame({"label": ["a", "b", "a"], "split": ["train", "train", "test"], "n_images": [3, 2, 1]}),
+        split_balance=pd.DataFrame(
+            {"label": ["a", "b", "a"], "split": ["train", "train", "test"], "n_images": [3, 2, 1]}
+        ),
         normalizer={"mode": "standardize", "mean": [0.4], "std": [0.2]},
         augment_preview=img,
         label_issue_metrics={"n_audited": 6, "n_issues": 1},
         label_issues=pd.DataFrame({"image_id": ["x"], "given_label": ["a"], "suggested_label": ["b"]}),
         label_issue_sheet=img,
         train_metrics={"best_epoch": 2},
-        curves=pd.DataFrame({"step": [0, 1], "train_loss": [1.0, 0.5], "val_loss": [1.1, 0.7], "val_balanced_accuracy": [0.5, 0.7]}),
+        curves=pd.DataFrame(
+            {
+                "step": [0, 1],
+                "train_loss": [1.0, 0.5],
+                "val_loss": [1.1, 0.7],
+                "val_balanced_accuracy": [0.5, 0.7],
+            }
+        ),
         test_metrics={
             "accuracy": {"value": 0.8, "ci_low": 0.7, "ci_high": 0.9},
             "per_class": {"a": {"sensitivity": 0.9, "specificity": 0.8}},
@@ -107,9 +135,18 @@ def test_report_renders_in_headless_chromium(tmp_path):
     page.write_text(build_report(_full_inputs()), encoding="utf-8")
     shot = tmp_path / "shot.png"
     cmd = [
-        _chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1200,2000",
+        _chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        f"--screenshot={shot}",
+        "--window-size=1200,2000",
         page.as_uri(),
     ]
     subprocess.run(cmd, check=True, timeout=120, capture_output=True)
