@@ -175,8 +175,8 @@ def _add_nodules(b: np.ndarray, lungs: np.ndarray, s: float, rng: np.random.Gene
         cy, cx = divmod(int(rng.choice(candidates)), w)
         # Large and dense enough to survive downsampling to 64 px (about 3-6 px radius there),
         # but faint ones overlap the lung texture, so the task is not trivial.
-        radius = rng.uniform(0.05, 0.09) * s
-        contrast = rng.uniform(0.16, 0.32)
+        radius = rng.uniform(0.07, 0.11) * s
+        contrast = rng.uniform(0.26, 0.4)
         d = np.hypot(yy - cy, xx - cx) / radius
         b += contrast * np.exp(-(d**4))
 

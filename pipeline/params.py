@@ -59,7 +59,9 @@ class DemoParams(Section):
     images_per_patient_range: tuple[PositiveInt, PositiveInt] = Field(
         default=(1, 8), description="[low, high] images per patient, duplicates included."
     )
-    image_size: Annotated[int, Field(ge=32)] = Field(default=128, description="Side of the usual square image.")
+    image_size: Annotated[int, Field(ge=32)] = Field(
+        default=128, description="Side of the usual square image."
+    )
     mixed_patient_fraction: Fraction = Field(
         default=0.1, description="Share of patients whose images have independently drawn labels."
     )
@@ -98,8 +100,13 @@ class DemoParams(Section):
         # combinations that cannot work whatever is drawn.
         n_max = self.n_patients * self.images_per_patient_range[1]
         n_planted = (
-            self.n_exact_duplicates + self.n_near_duplicates + self.n_cross_patient_duplicates
-        ) * 2 + self.n_blurry + self.n_dark + self.n_overexposed + self.n_blank + self.n_odd_size
+            (self.n_exact_duplicates + self.n_near_duplicates + self.n_cross_patient_duplicates) * 2
+            + self.n_blurry
+            + self.n_dark
+            + self.n_overexposed
+            + self.n_blank
+            + self.n_odd_size
+        )
         n_planted += self.n_odd_aspect_ratio + self.n_corrupt + self.n_not_an_image
         if n_planted > n_max:
             raise ValueError(
@@ -237,9 +244,7 @@ class SplitParams(Section):
     def _sum_to_one(self) -> SplitParams:
         total = self.train_fraction + self.val_fraction + self.test_fraction
         if abs(total - 1.0) > 1e-6:
-            raise ValueError(
-                f"train_fraction + val_fraction + test_fraction must be 1, got {total:.6g}"
-            )
+            raise ValueError(f"train_fraction + val_fraction + test_fraction must be 1, got {total:.6g}")
         if self.train_fraction == 0 or self.test_fraction == 0:
             raise ValueError("train_fraction and test_fraction must be > 0")
         return self
@@ -275,7 +280,8 @@ class AugmentParams(Section):
         ),
     )
     allow_unsafe: bool = Field(
-        default=False, description="Use transforms the domain forbids (logged as warnings) instead of failing."
+        default=False,
+        description="Use transforms the domain forbids (logged as warnings) instead of failing.",
     )
     horizontal_flip: bool | None = Field(
         default=None,
@@ -288,7 +294,8 @@ class AugmentParams(Section):
         default=0.2, description="Mixup lambda ~ Beta(alpha, alpha); 0 = off."
     )
     cutmix_alpha: Annotated[float, Field(ge=0)] = Field(
-        default=0.0, description="CutMix lambda ~ Beta(alpha, alpha); 0 = off; both > 0: one per batch, p=0.5."
+        default=0.0,
+        description="CutMix lambda ~ Beta(alpha, alpha); 0 = off; both > 0: one per batch, p=0.5.",
     )
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = Field(
         default=0.05, description="Soft target = (1 - s) * one_hot + s / n_classes."
@@ -321,9 +328,9 @@ class LabelIssuesParams(Section):
     action: Literal["flag", "drop"] = Field(
         default="flag", description="drop = flagged train rows are excluded (reason label_issue)."
     )
-    cnn_epochs: PositiveInt = Field(default=6, description="Epochs per fold of the cnn auditor.")
+    cnn_epochs: PositiveInt = Field(default=14, description="Epochs per fold of the cnn auditor.")
     cnn_cpu_budget: Annotated[int, Field(ge=0)] = Field(
-        default=20000,
+        default=80000,
         description="auto on CPU picks cnn when n_images * n_folds * cnn_epochs * (image_size/64)^2 <= this.",
     )
     linear_c: Annotated[float, Field(gt=0)] = Field(
@@ -343,13 +350,13 @@ class TrainParams(Section):
     """CNN training."""
 
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
-    epochs: PositiveInt = 15
-    batch_size: PositiveInt = 64
-    lr: Annotated[float, Field(gt=0)] = 3e-3
+    epochs: PositiveInt = 20
+    batch_size: PositiveInt = 32
+    lr: Annotated[float, Field(gt=0)] = 2e-3
     weight_decay: Annotated[float, Field(ge=0)] = 1e-4
     warmup_epochs: Annotated[int, Field(ge=0)] = 1
     class_weights: bool = False
-    patience: PositiveInt = 5
+    patience: PositiveInt = 8
     monitor: Literal["val_balanced_accuracy", "val_auroc", "val_loss"] = "val_balanced_accuracy"
     num_workers: Annotated[int, Field(ge=0)] = 0
     amp: bool = True

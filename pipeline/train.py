@@ -277,6 +277,56 @@ def predict_proba(
     return probs.cpu().numpy()
 
 
+@torch.no_grad()
+def recompute_bn_stats(
+    model: nn.Module,
+    images: np.ndarray,
+    normalizer: Any,
+    device: str | torch.device = "cpu",
+    batch_size: int = 256,
+    max_images: int = 4096,
+) -> None:
+    """Re-estimate BatchNorm running statistics on un-augmented images ("precise BN").
+
+    During training the running mean/variance are an exponential average over the last few
+    batches, which were augmented and mixed (mixup lowers the variance) and came from weights
+    that have moved since. On a small data set with few steps per epoch that mismatch shifts
+    the eval-mode logits from epoch to epoch (validation balanced accuracy swings while AUROC
+    hardly moves). Here the statistics are recomputed with the current weights as an equal-weight
+    average over batches of the plain (normalized, un-augmented) images that evaluation also sees.
+
+    Args:
+        model: The network (a DDP wrapper is unwrapped); left in the mode it was in.
+        images: (N, H, W, C) uint array; at most ``max_images`` evenly spaced rows are used.
+        normalizer: The fitted normalizer.
+        device: Where to run.
+        batch_size: Images per forward pass (>= 2 for BatchNorm).
+        max_images: Cap on the images used (bounds the cost on large data sets).
+    """
+    net = getattr(model, "module", model)
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    n = len(images)
+    if not norms or n < 2:
+        return
+    device = torch.device(device)
+    rows = np.linspace(0, n - 1, min(n, max_images)).round().astype(np.int64)
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative (equal-weight) average over the batches below
+    was_training = net.training
+    net.train()
+    batch_size = max(2, batch_size)
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i : i + batch_size]
+        if len(chunk) < 2:  # a single-image batch has no variance
+            break
+        net(to_model_input(nhwc_to_tensor(np.asarray(images[chunk])), normalizer, device))
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    net.train(was_training)
+
+
 def _n_outputs(net: nn.Module) -> int:
     last = [m for m in net.modules() if isinstance(m, nn.Linear)][-1]
     return last.out_features
@@ -371,6 +421,7 @@ def fit_model(
     num_workers: int = 0,
     amp: bool = True,
     distributed: bool = False,
+    recompute_bn: bool = True,
     on_epoch_end: Callable[[dict[str, float]], None] | None = None,
     on_best: Callable[[dict[str, float], dict[str, torch.Tensor]], None] | None = None,
 ) -> nn.Module:
@@ -378,7 +429,8 @@ def fit_model(
 
     Args:
         model: From :func:`pipeline.models.build_model` (moved to ``device`` here).
-        train_images: (N, H, W, C) uint8/uint16 array; used when ``dataset`` is None.
+        train_images: (N, H, W, C) uint8/uint16 array; trained on when ``dataset`` is None, and
+            the plain images for ``recompute_bn``.
         train_labels: (N,) int class indices in [0, K).
         normalizer: The fitted normalizer, applied on the device.
         val_images, val_labels: Validation set; without it there is no early stopping and the
@@ -400,6 +452,10 @@ def fit_model(
         num_workers: DataLoader worker processes (persistent when > 0).
         amp: Mixed precision on CUDA (bf16 where supported).
         distributed: Wrap in DDP (torch.distributed must be initialised, see setup_distributed).
+        recompute_bn: Re-estimate BatchNorm running statistics on the un-augmented
+            ``train_images`` after every epoch that is validated (and after the last one), so
+            validation, the kept weights and later predictions use statistics of plain images
+            from the current weights (:func:`recompute_bn_stats`).
         on_epoch_end: Called with the epoch record (epoch, train_loss, val_*, lr, seconds).
         on_best: Called with the record and a CPU copy of the state_dict when ``monitor``
             improves (to save a checkpoint as soon as it exists).
@@ -518,6 +574,11 @@ def fit_model(
                 "train_loss": float(loss_sum.item() / max(n_seen, 1)),
                 "lr": float(optimizer.param_groups[0]["lr"]),
             }
+
+            if recompute_bn and train_images is not None and (has_val or epoch == epochs - 1):
+                # Eval-mode statistics of plain images, before validation and before the weights
+                # can be kept as the best (see recompute_bn_stats).
+                recompute_bn_stats(net, train_images, normalizer, device, max(256, batch_size))
 
             # ---- validation on the full, unpadded validation set
             if has_val:

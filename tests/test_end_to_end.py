@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.report import SECTIONS
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
@@ -100,7 +102,11 @@ def test_repro_runs_every_stage_then_none(project):
         acc["n_rejected"] + sum(acc["n_excluded"].values()) + acc["n_train"] + acc["n_val"] + acc["n_test"]
     )
     assert total == acc["n_files"]
-    assert (project / "reports/audit.html").stat().st_size > 10_000
+    page = (project / "reports/audit.html").read_text(encoding="utf-8")
+    for section_id, _ in SECTIONS:
+        assert f'<section id="{section_id}">' in page
+    assert "Nothing to show" not in page, "every stage's output should reach the report"
+    assert page.count("data:image/png;base64,") >= 8
     assert _repro(project) == []
 
 
