@@ -21,7 +21,8 @@ Definitions (image ids are the paths in ``truth.json``):
 * **Ingest.** ``corrupt`` against rejection reasons ``truncated`` / ``unreadable``,
   ``not_an_image`` against ``not_an_image``.
 * **Labels.** ``flipped_label`` against ``is_label_issue`` of label_issues.parquet (only the
-  audited images can be flagged; ``n_audited`` says how many planted ones were audited).
+  audited images can be flagged; ``n_audited`` says how many planted ones were audited and
+  ``recall_audited`` is the recall over those).
 """
 
 from __future__ import annotations
@@ -163,7 +164,11 @@ def score_against_truth(
         planted = {it["path"] for it in by_kind.get("flipped_label", [])}
         flagged = label_issues.loc[label_issues["is_label_issue"].astype(bool), "image_id"]
         score = _set_score(planted, flagged)
-        score["n_audited"] = len(planted & set(label_issues["image_id"]))
+        # Flips that land in the test split or on excluded images are never audited (the test
+        # split is read by evaluate only), so recall is also given over the audited flips.
+        n_audited = len(planted & set(label_issues["image_id"]))
+        score["n_audited"] = n_audited
+        score["recall_audited"] = round(score["n_found"] / n_audited, 4) if n_audited else None
         out["flipped_label"] = score
 
     excluded = set(curated.loc[~curated["included"].astype(bool), "image_id"])

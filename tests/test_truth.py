@@ -91,9 +91,17 @@ def test_scores() -> None:
     assert s["odd_size"]["n_planted"] == 0 and s["odd_size"]["recall"] is None
     assert s["corrupt"]["recall"] == 1.0
     assert s["flipped_label"]["recall"] == 1.0 and s["flipped_label"]["n_audited"] == 1
+    assert s["flipped_label"]["recall_audited"] == 1.0
     assert "flipped_label" not in score_against_truth(TRUTH, *_tables()[:4])
 
 
 def test_bad_truth_is_named() -> None:
     with pytest.raises(ValueError, match="'items' list"):
         score_against_truth({"kinds": []}, *_tables()[:4])
+
+
+def test_flips_outside_the_audited_splits_count_against_recall_only():
+    truth = {"items": TRUTH["items"] + [{"path": "x.png", "kind": "flipped_label", "true_label": "normal"}]}
+    s = score_against_truth(truth, *_tables())["flipped_label"]
+    # x.png was never audited (e.g. it is in the test split): recall halves, recall over audited flips does not
+    assert (s["recall"], s["recall_audited"], s["n_audited"], s["n_planted"]) == (0.5, 1.0, 1, 2)
