@@ -1,10 +1,10 @@
-"""Our quality (+ dedup when it exists) vs CleanVision on the same images (issue 3 item 5).
+"""Our quality + dedup vs CleanVision on the same images (issue 3 item 5).
 
 For each dataset (the demo set from params.yaml, and a larger generated one) it:
 
 1. generates the images with :func:`pipeline.demo.generate_demo` (skipped when already there);
 2. runs **ours**: ingest (one decode per image: validation, sha256, :func:`compute_features`) +
-   :func:`pipeline.quality.find_low_quality` (+ ``pipeline.dedup`` when that module exists);
+   :func:`pipeline.quality.find_low_quality` + :func:`pipeline.dedup.find_duplicates`;
 3. runs **CleanVision** (``pip install cleanvision``; the ``bench`` extra) on the images ingest
    accepted, all its default issue types, with the same number of worker processes;
 4. prints per planted kind the precision / recall of both against ``truth.json``, wall times,
@@ -22,7 +22,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import itertools
 import json
 import logging
@@ -91,22 +90,15 @@ def run_ours(root: Path, params, executor: ExecutorParams) -> tuple[dict, float,
     ok = res.manifest[res.manifest["status"] == "ok"]
     quality = find_low_quality(res.features, ok, params.quality)
     pred = {i: set(quality.loc[quality[flag_col(i)], "image_id"]) for i, _ in QUALITY_KINDS.values()}
-    dup_sets = None
-    if importlib.util.find_spec("pipeline.dedup") is not None:
-        dup_sets = _run_our_dedup(res.features, ok, quality, params)
+    dup_sets = _run_our_dedup(res.features, ok, quality, params)
     seconds = time.perf_counter() - t0
     return {"quality": pred, "dup_sets": dup_sets}, seconds, len(ok), ok["path"].tolist()
 
 
-def _run_our_dedup(features, manifest, quality, params) -> list[set[str]] | None:
-    from pipeline import dedup  # written by the dedup owner; API per HANDOFF (duplicates table)
+def _run_our_dedup(features, manifest, quality, params) -> list[set[str]]:
+    from pipeline.dedup import find_duplicates
 
-    fn = getattr(dedup, "find_duplicates", None)
-    if fn is None:
-        logging.warning("pipeline.dedup has no find_duplicates(); dedup not timed")
-        return None
-    dups = fn(features, manifest, quality, params.dedup)
-    dups = dups[0] if isinstance(dups, tuple) else dups
+    dups = find_duplicates(manifest, features, quality, params.dedup).duplicates
     return [set(g["image_id"]) for _, g in dups.groupby("cluster_id")]
 
 
@@ -148,7 +140,7 @@ def bench_one(name: str, root: Path, demo_params, params, workers: int, seed: in
             dict(dataset=name, kind=kind, n_planted=len(planted), ours_P=op, ours_R=orec, cv_P=cp, cv_R=crec)
         )
     cv_dup = _dup_scores(theirs["dup_sets"], truth)
-    our_dup = _dup_scores(ours["dup_sets"], truth) if ours["dup_sets"] is not None else None
+    our_dup = _dup_scores(ours["dup_sets"], truth)
     for kind in DUP_KINDS:
         n = sum(1 for it in truth["items"] if it["kind"] == kind)
         op, orec = our_dup[kind] if our_dup else (float("nan"), float("nan"))
@@ -163,7 +155,7 @@ def bench_one(name: str, root: Path, demo_params, params, workers: int, seed: in
                 cv_R=cv_dup[kind][1],
             )
         )
-    what = "ingest+quality+dedup" if ours["dup_sets"] is not None else "ingest+quality (no dedup module yet)"
+    what = "ingest+quality+dedup"
     rows.append(dict(dataset=name, kind=f"TIME {what}", n_planted=n_ok, ours_P=t_ours, ours_R=n_ok / t_ours,
                      cv_P=t_cv, cv_R=n_ok / t_cv))  # fmt: skip
     logging.info("%s: %d images, ours %.1fs (%.0f img/s), CleanVision %.1fs (%.0f img/s), ratio %.2fx",
