@@ -25,6 +25,7 @@ import pandas as pd
 from pipeline.accounting import check_accounting, final_states
 from pipeline.io import read_json, write_json, write_parquet
 from pipeline.params import load_params
+from stages._cli import run
 
 log = logging.getLogger("stages.accounting")
 
@@ -78,4 +79,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run(main))

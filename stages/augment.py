@@ -21,6 +21,7 @@ from pipeline.augment import build_policy, make_preview, policy_to_dict
 from pipeline.io import write_json, write_png
 from pipeline.normalize import load_split
 from pipeline.params import load_params
+from stages._cli import run
 
 logger = logging.getLogger("stages.augment")
 
@@ -70,4 +71,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run(main))

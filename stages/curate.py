@@ -18,6 +18,7 @@ import pandas as pd
 from pipeline.curate import curate, summarize
 from pipeline.io import write_json, write_parquet
 from pipeline.params import load_params
+from stages._cli import run
 
 log = logging.getLogger("stages.curate")
 
@@ -50,4 +51,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run(main))

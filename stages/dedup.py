@@ -24,6 +24,7 @@ from pipeline.dedup import find_duplicates, pairs_for_sheet
 from pipeline.io import write_csv, write_json, write_parquet, write_png
 from pipeline.params import load_params
 from pipeline.sheets import make_contact_sheet
+from stages._cli import run
 
 log = logging.getLogger("stages.dedup")
 
@@ -82,4 +83,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run(main))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pipeline.demo import generate_demo, summarize
 from pipeline.params import load_params
+from stages._cli import run
 
 log = logging.getLogger("stages.demo_data")
 
@@ -41,4 +42,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run(main))

@@ -21,6 +21,7 @@ from pipeline.io import write_csv, write_json
 from pipeline.normalize import load_meta, load_normalizer, load_split
 from pipeline.params import load_params
 from pipeline.train import load_checkpoint, model_from_checkpoint, predict_proba, select_device
+from stages._cli import run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,4 +61,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run(main))

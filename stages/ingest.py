@@ -20,6 +20,7 @@ import logging
 from pipeline.ingest import ingest
 from pipeline.io import write_csv, write_json, write_parquet
 from pipeline.params import load_params
+from stages._cli import run
 
 logger = logging.getLogger("stages.ingest")
 
@@ -36,6 +37,12 @@ def main(argv: list[str] | None = None) -> int:
 
     params = load_params(args.params)
     result = ingest(params.data.root, params.data.labels, params.ingest, params.executor)
+    if result.metrics["n_ok"] == 0:
+        reasons = {k: v for k, v in result.metrics["rejected_by_reason"].items() if v}
+        raise ValueError(
+            f"{params.data.root}: no readable image ({result.metrics['n_files']} file(s) found, rejected: "
+            f"{reasons}); ingest.extensions = {params.ingest.extensions}"
+        )
     # accounting was checked inside ingest(); write only complete, consistent outputs
     write_parquet(result.manifest, args.manifest)
     write_parquet(result.features, args.features)
@@ -47,4 +54,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run(main))

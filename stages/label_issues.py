@@ -23,6 +23,7 @@ from pipeline.contract import SPLITS, STATUS_OK
 from pipeline.io import write_csv, write_json, write_parquet, write_png
 from pipeline.normalize import apply_normalizer, load_meta, load_normalizer, load_split
 from pipeline.params import load_params
+from stages._cli import run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,4 +102,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run(main))

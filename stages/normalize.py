@@ -21,6 +21,7 @@ import pandas as pd
 from pipeline.io import write_json
 from pipeline.normalize import build_processed
 from pipeline.params import load_params
+from stages._cli import run
 
 log = logging.getLogger("stages.normalize")
 
@@ -61,4 +62,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run(main))

@@ -30,6 +30,7 @@ from pipeline.quality import (
     worst_flagged,
 )
 from pipeline.sheets import make_contact_sheet
+from stages._cli import run
 
 log = logging.getLogger("stages.quality")
 
@@ -84,4 +85,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run(main))

@@ -20,6 +20,7 @@ import pandas as pd
 from pipeline.io import read_json, write_text
 from pipeline.params import load_params
 from pipeline.report import AuditInputs, build_report
+from stages._cli import run
 
 log = logging.getLogger("stages.report")
 
@@ -108,4 +109,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run(main))

@@ -33,6 +33,7 @@ from pipeline.split import (
     fractions_from_params,
     split_metrics,
 )
+from stages._cli import run
 
 log = logging.getLogger("stages.split")
 
@@ -80,4 +81,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run(main))

@@ -27,6 +27,7 @@ from pipeline.io import write_json
 from pipeline.models import build_model
 from pipeline.normalize import load_meta, load_normalizer, load_split
 from pipeline.params import load_params
+from stages._cli import run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,4 +100,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run(main))

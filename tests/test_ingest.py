@@ -317,3 +317,30 @@ def test_stage_writes_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     # default params: the multi-frame TIFF keeps its first frame, the big file is under 512 MB
     assert metrics["n_ok"] == len(pd.read_parquet(out["--features"])) == 4
     assert len(pd.read_csv(out["--rejected"])) == metrics["n_rejected"] == 8
+
+
+def test_stage_reports_an_empty_root_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"] = {"root": str(tmp_path / "empty"), "labels": None, "truth": None}
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(params))
+    outs = {name: str(tmp_path / name) for name in ("m.parquet", "f.parquet", "r.csv", "m.json")}
+    args = [
+        sys.executable,
+        "-m",
+        "stages.ingest",
+        "--params",
+        str(tmp_path / "p.yaml"),
+        "--manifest",
+        outs["m.parquet"],
+    ]
+    args += ["--features", outs["f.parquet"], "--rejected", outs["r.csv"], "--metrics", outs["m.json"]]
+    proc = subprocess.run(args, cwd=repo, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "error: " in proc.stderr and "no readable image (0 file(s) found" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not any(Path(p).exists() for p in outs.values())
