@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     header = f"{'n':>9} {'chunks':>22} {'seconds':>8} {'peak_MiB':>9} {'pairs':>9} {'recall':>7} {'ref_pairs':>9} {'imagededup_s':>12}"
-    print(f"max_distance={args.max_distance} threads={args.threads} cpus={os.cpu_count()}")
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"max_distance={args.max_distance} threads={args.threads} cpus={os.cpu_count()} loadavg={load}")
     print(header)
     last = ""
     for n in args.n:

@@ -9,15 +9,17 @@ hashing", CVPR 2012) with the *generalized pigeonhole principle* (Qin et al., "G
   least one chunk they differ in at most ``r_t`` bits (otherwise they would differ in at least
   ``sum(r_t + 1) > max_distance`` bits). So searching every chunk for keys within its radius
   finds **every** pair brute force finds: the index is exact, not approximate.
-* Each chunk is a sorted table (CSR offsets over the chunk's key space). For every bit mask of
-  weight <= ``r_t`` all hashes look up ``key ^ mask`` at once (numpy, no Python loop per hash).
+* Each chunk is a sorted table (CSR offsets over the chunk's key space, plus a 1-byte
+  occupancy table). For every bit mask of weight <= ``r_t`` all hashes look up ``key ^ mask``
+  at once (numpy, no Python loop per hash). Hashes are held in key order, so these look-ups and
+  the verification reads walk memory nearly in order (sorted keys XOR a constant), not at random.
 * Each candidate is verified with a popcount of the full 64-bit XOR, and kept only in the first
   chunk that could have found it, so no pair is reported twice.
 
 The number of chunks is chosen by a small cost model (table look-ups + candidates to verify),
 which depends on ``n`` and ``max_distance``. Cost grows quickly with the radius: at ``n = 1M``
-random hashes, ``max_distance = 8`` costs a few hundred million candidate checks, ``10`` a few
-billion (see ``bench/dedup_scaling.py``).
+random hashes, ``max_distance = 10`` means ~3,600 masks and ~4e8 candidate checks: ~26 s on 2
+shared cores (see ``bench/dedup_scaling.py``).
 """
 
 from __future__ import annotations
@@ -165,37 +167,59 @@ def _sort_pairs(i: np.ndarray, j: np.ndarray, dist: np.ndarray) -> tuple[np.ndar
 
 
 class _Table:
-    """One chunk's table: the distinct keys (sorted) and the run of items holding each key."""
+    """One chunk's table: items sorted by key, with CSR offsets (or binary search) per key.
+
+    Everything a look-up touches is kept in key order (``keys``, ``codes``), so the queries of
+    one mask (sorted keys XOR a constant) walk the offsets table and the codes nearly in order:
+    cache-friendly gathers instead of random ones. Items are mapped back to input positions
+    (``order``) only for the few pairs that survive verification.
+    """
 
     def __init__(self, codes: np.ndarray, chunk: Chunk) -> None:
         keys = _chunk_keys(codes, chunk)
         self.order = np.argsort(keys, kind="stable")
-        sorted_keys = keys[self.order]
-        edge = np.flatnonzero(np.diff(sorted_keys)) + 1
+        self.keys = keys[self.order]
+        self.codes = codes[self.order]
+        self.n_bits = chunk.n_bits
+        edge = np.flatnonzero(np.diff(self.keys)) + 1
         self.start = np.concatenate(([0], edge)).astype(np.int64)
         self.count = np.diff(np.append(self.start, keys.size))
-        self.uniq = sorted_keys[self.start]
         self.dense = chunk.n_bits <= _MAX_DENSE_BITS
         if self.dense:
-            # slot[key] = index of key in uniq, or -1: one small gather per look-up.
-            self.slot = np.full(1 << chunk.n_bits, -1, np.int32)
-            self.slot[self.uniq] = np.arange(self.uniq.size, dtype=np.int32)
-        # For a mask whose highest bit is p, pair (a, a ^ mask) is visited once, from the key
-        # whose bit p is 0.
-        self.by_top_bit = [
-            np.flatnonzero(((self.uniq >> self.uniq.dtype.type(p)) & 1) == 0) for p in range(chunk.n_bits)
-        ]
+            # offsets[key] .. offsets[key + 1]: the items holding key (int32: n < 2**31).
+            counts = np.bincount(keys, minlength=1 << chunk.n_bits)
+            self.offsets = np.zeros(counts.size + 1, np.int32)
+            np.cumsum(counts, out=self.offsets[1:])
+            # 1 byte per key (a quarter of the offsets table): the first, most selective
+            # look-up of every query stays in cache; offsets are read only for the hits.
+            self.occupied = counts > 0
+        self._by_top_bit: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
-    def lookup(self, query: np.ndarray) -> np.ndarray:
-        """Index into ``uniq`` of each query key, -1 where absent."""
+    def by_top_bit(self, p: int) -> tuple[np.ndarray, np.ndarray]:
+        """Positions (in key order) and keys of the items whose key has bit ``p`` clear.
+
+        For a mask whose highest bit is ``p``, the pair of keys ``(a, a ^ mask)`` is visited once,
+        from the key with bit ``p`` clear. Cached (the masks of one chunk share 1..n_bits values).
+        """
+        if p not in self._by_top_bit:
+            pos = np.flatnonzero(((self.keys >> self.keys.dtype.type(p)) & 1) == 0).astype(np.int32)
+            self._by_top_bit[p] = (pos, self.keys[pos])
+        return self._by_top_bit[p]
+
+    def lookup(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The queries whose key is present: their indices, first position and number of items."""
         if self.dense:
-            return self.slot[query]
-        pos = np.searchsorted(self.uniq, query)
-        pos[pos == self.uniq.size] = 0
-        return np.where(self.uniq[pos] == query, pos, -1)
+            hit = np.flatnonzero(self.occupied[query])
+            q = query[hit]
+            lo = self.offsets[q]
+            return hit, lo, self.offsets[q + 1] - lo
+        lo = np.searchsorted(self.keys, query, side="left")
+        cnt = np.searchsorted(self.keys, query, side="right") - lo
+        hit = np.flatnonzero(cnt)
+        return hit, lo[hit], cnt[hit]
 
     def pairs_within_runs(self) -> tuple[np.ndarray, np.ndarray]:
-        """All item pairs sharing a key (mask 0)."""
+        """All pairs of positions (key order) sharing a key (mask 0)."""
         runs = np.flatnonzero(self.count > 1)
         c = self.count[runs]
         total = c * c
@@ -204,53 +228,52 @@ class _Table:
         x, y = k // c_rep, k % c_rep
         keep = x < y
         base = np.repeat(self.start[runs], total)[keep]
-        return self.order[base + x[keep]], self.order[base + y[keep]]
-
-    def pairs_between_runs(self, ua: np.ndarray, ub: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """All item pairs with one item in run ``ua[k]`` and the other in run ``ub[k]``."""
-        ca, cb = self.count[ua], self.count[ub]
-        if (ca == 1).all() and (cb == 1).all():
-            return self.order[self.start[ua]], self.order[self.start[ub]]
-        total = ca * cb
-        k = np.arange(int(total.sum())) - np.repeat(np.cumsum(total) - total, total)
-        cb_rep = np.repeat(cb, total)
-        a = self.order[np.repeat(self.start[ua], total) + k // cb_rep]
-        b = self.order[np.repeat(self.start[ub], total) + k % cb_rep]
-        return a, b
+        return base + x[keep], base + y[keep]
 
 
 def _search_chunk(
-    codes: np.ndarray, max_distance: int, chunk: Chunk, earlier: list[Chunk], table: _Table, masks: np.ndarray
+    max_distance: int, earlier: list[Chunk], table: _Table, masks: np.ndarray
 ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
     """Pairs found through ``masks`` of one chunk that no earlier chunk reports."""
     found_i: list[np.ndarray] = []
     found_j: list[np.ndarray] = []
     found_d: list[np.ndarray] = []
+    codes = table.codes
 
     def verify(a: np.ndarray, b: np.ndarray) -> None:
-        """Keep candidates within max_distance that no earlier chunk reported."""
+        """Keep candidates (key-order positions) within max_distance not reported earlier."""
         xor = codes[a] ^ codes[b]
         dist = np.bitwise_count(xor)
-        keep = dist <= max_distance
-        for prev in earlier:  # the pair belongs to the first chunk whose radius it meets
-            part = (xor >> np.uint64(prev.shift)) & np.uint64((1 << prev.n_bits) - 1)
-            keep &= np.bitwise_count(part) > prev.radius
-        if keep.any():
-            a, b = a[keep], b[keep]
+        keep = np.flatnonzero(dist <= max_distance)
+        if keep.size == 0:
+            return
+        xor, dist, a, b = xor[keep], dist[keep], a[keep], b[keep]
+        if earlier:  # the pair belongs to the first chunk whose radius it meets
+            new = np.ones(keep.size, bool)
+            for prev in earlier:
+                part = (xor >> np.uint64(prev.shift)) & np.uint64((1 << prev.n_bits) - 1)
+                new &= np.bitwise_count(part) > prev.radius
+            xor, dist, a, b = xor[new], dist[new], a[new], b[new]
+        if a.size:
+            a, b = table.order[a], table.order[b]
             found_i.append(np.minimum(a, b).astype(np.int64))
             found_j.append(np.maximum(a, b).astype(np.int64))
-            found_d.append(dist[keep].astype(np.int64))
+            found_d.append(dist.astype(np.int64))
 
+    kdt = table.keys.dtype.type
     for mask in masks:
         if mask == 0:
             verify(*table.pairs_within_runs())
             continue
-        top = int(mask).bit_length() - 1
-        ua = table.by_top_bit[top]
-        ub = table.lookup(table.uniq[ua] ^ table.uniq.dtype.type(mask))
-        hit = ub >= 0
-        if hit.any():
-            verify(*table.pairs_between_runs(ua[hit], ub[hit].astype(np.int64)))
+        pos, keys = table.by_top_bit(int(mask).bit_length() - 1)
+        hit, b, cnt = table.lookup(keys ^ kdt(mask))
+        a = pos[hit]
+        r = 0
+        while a.size:  # the r-th item of each partner run (most runs hold one item)
+            verify(a, b + r)
+            r += 1
+            more = np.flatnonzero(cnt > r)
+            a, b, cnt = a[more], b[more], cnt[more]
     return found_i, found_j, found_d
 
 
@@ -286,18 +309,22 @@ def search_pairs(
     if n < 2:
         return _empty_pairs()
     log.debug("hamming index: n=%d max_distance=%d chunks=%s", n, max_distance, chunks)
-    # Jobs = (chunk, every n_threads-th mask), so threads get similar work whatever the chunks.
-    jobs = []
-    for t, chunk in enumerate(chunks):
-        table, masks = _Table(codes, chunk), _masks(chunk.n_bits, chunk.radius)
-        jobs += [
-            (codes, max_distance, chunk, chunks[:t], table, masks[k::n_threads]) for k in range(n_threads)
-        ]
-    if n_threads > 1:
-        with ThreadPoolExecutor(max_workers=n_threads) as pool:
-            parts = list(pool.map(lambda job: _search_chunk(*job), jobs))
-    else:
-        parts = [_search_chunk(*job) for job in jobs]
+    # One chunk at a time (its table and caches freed before the next); its masks are dealt
+    # round-robin to the threads, so they get similar work.
+    parts = []
+    pool = ThreadPoolExecutor(max_workers=n_threads) if n_threads > 1 else None
+    try:
+        for t, chunk in enumerate(chunks):
+            table, masks = _Table(codes, chunk), _masks(chunk.n_bits, chunk.radius)
+            jobs = [(max_distance, chunks[:t], table, masks[k::n_threads]) for k in range(n_threads)]
+            if pool is not None:
+                parts += list(pool.map(lambda job: _search_chunk(*job), jobs))
+            else:
+                parts += [_search_chunk(*job) for job in jobs]
+            del table
+    finally:
+        if pool is not None:
+            pool.shutdown()
     found_i = [x for p in parts for x in p[0]]
     if not found_i:
         return _empty_pairs()

@@ -184,3 +184,62 @@ def test_similarity_is_robust_to_shift_and_rejects_other_images() -> None:
     assert sim[0] >= DedupParams().confirm_similarity
     assert sim[1] < DedupParams().confirm_similarity
     assert sim[2] == -1.0
+
+
+def _clustered_hashes(n_families: int, family_size: int, max_flip: int, seed: int) -> np.ndarray:
+    """Families of near copies (incl. exact repeats), so chunk keys repeat in long runs."""
+    rng = np.random.default_rng(seed)
+    roots = rng.integers(0, 2**64, size=n_families, dtype=np.uint64)
+    codes = np.repeat(roots, family_size)
+    flips = rng.integers(0, max_flip + 1, size=codes.size)
+    for k in np.flatnonzero(flips):
+        bits = rng.choice(64, size=int(flips[k]), replace=False)
+        codes[k] ^= np.uint64(sum(1 << int(b) for b in bits))
+    noise = rng.integers(0, 2**64, size=codes.size // 2, dtype=np.uint64)
+    return rng.permutation(np.concatenate([codes, noise]))
+
+
+@pytest.mark.parametrize("max_distance", [0, 2, 5, 10])
+def test_index_equals_bruteforce_with_repeated_keys_threads_and_long_chunks(max_distance: int) -> None:
+    codes = _clustered_hashes(60, 12, max_distance + 2, seed=max_distance)
+    expected = bruteforce_pairs(codes, max_distance)
+    assert expected[0].size > 0
+    plans = {None, max_distance + 1}
+    if max_distance <= 2:  # 1-2 chunks of > 24 bits: binary search instead of the dense table
+        plans |= {1, min(2, max_distance + 1)}
+    for n_chunks in plans:
+        for n_threads in (1, 2):
+            got = search_pairs(codes, max_distance, n_chunks=n_chunks, n_threads=n_threads)
+            for g, e in zip(got, expected, strict=True):
+                np.testing.assert_array_equal(g, e)
+
+
+def _random_thumbs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Smooth random 32x32 thumbnails, some flat, some shifted noisy copies of others."""
+    rng = np.random.default_rng(seed)
+    small = rng.random((n, 6, 6)).astype(np.float32)
+    t = np.stack([cv2.resize(x, (32, 32), interpolation=cv2.INTER_CUBIC) for x in small]) * 200 + 20
+    t[:: n // 10] = 77.0
+    src, dst = rng.integers(0, n, size=(2, n // 4))
+    t[dst] = np.roll(t[src], 1, axis=2) + rng.normal(0, 2, (src.size, 32, 32))
+    return np.clip(t + rng.normal(0, 2, t.shape), 0, 255).round().astype(np.float32), src, dst
+
+
+def test_confirmation_identical_to_reference_on_random_thumbnails() -> None:
+    from pipeline.dedup import _confirm_similarity, _reference_similarity
+
+    thumbs, src, dst = _random_thumbs(300, seed=5)
+    rng = np.random.default_rng(6)
+    i, j = rng.integers(0, 300, size=(2, 3000))
+    i, j = np.concatenate([i, src]), np.concatenate([j, dst])
+    i, j = i[i != j], j[i != j]
+    args = (2, (1.0, 1.05, 1.1))
+    ref = _reference_similarity(thumbs, i, j, *args)
+    fast = thumbnail_similarity(thumbs, i, j, *args)
+    np.testing.assert_allclose(fast, ref, atol=1e-5)
+    assert np.array_equal(fast == -1.0, ref == -1.0)  # same flat windows
+    for threshold in (0.9, 0.96, float(np.median(ref))):
+        got = _confirm_similarity(thumbs, i, j, *args, threshold)
+        assert np.array_equal(got >= threshold, ref >= threshold)
+        assert np.array_equal(got.round(4), ref.round(4))
+    assert (ref >= 0.96).sum() > 10  # the planted copies are there
