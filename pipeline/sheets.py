@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import cv2
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 def to_display_uint8(image: np.ndarray) -> np.ndarray:
@@ -90,3 +94,18 @@ def make_contact_sheet(
                 cv2.LINE_AA,
             )
     return sheet
+
+
+def read_for_sheet(path: str | Path, max_pixels: int, multi_frame: str = "first") -> np.ndarray | None:
+    """Decode one image to show on a sheet, or ``None`` (with a warning) when it no longer decodes.
+
+    Sheets are drawn after ingest; a file changed on disk since then must not stop the stage,
+    the sheet just shows the others.
+    """
+    from pipeline.images import ImageRejected, read_image
+
+    try:
+        return read_image(Path(path), max_pixels, multi_frame).pixels
+    except ImageRejected as err:
+        log.warning("%s: cannot decode for the sheet: %s", path, err)
+        return None

@@ -23,31 +23,28 @@ import pandas as pd
 from pipeline.dedup import find_duplicates, pairs_for_sheet
 from pipeline.io import write_csv, write_json, write_parquet, write_png
 from pipeline.params import load_params
-from pipeline.sheets import make_contact_sheet
+from pipeline.sheets import make_contact_sheet, read_for_sheet
 from stages._cli import run
 
 log = logging.getLogger("stages.dedup")
 
 
 def _pairs_sheet(pairs: pd.DataFrame, manifest: pd.DataFrame, params) -> object:
-    from pipeline.images import ImageRejected, read_image
-
     paths = manifest.set_index("image_id")["path"]
     images, captions = [], []
     for row in pairs.itertuples():
-        try:
-            pair = [
-                read_image(
-                    Path(params.data.root) / paths[x], params.ingest.max_pixels, params.ingest.multi_frame
-                )
-                for x in (row.image_id_a, row.image_id_b)
-            ]
-        except ImageRejected as err:  # changed on disk since ingest: show the rest
-            log.warning("pair %s / %s: cannot decode for the sheet: %s", row.image_id_a, row.image_id_b, err)
+        ids = (row.image_id_a, row.image_id_b)
+        pair = [
+            read_for_sheet(
+                Path(params.data.root) / paths[x], params.ingest.max_pixels, params.ingest.multi_frame
+            )
+            for x in ids
+        ]
+        if any(p is None for p in pair):
             continue
         verdict = "dup" if row.is_confirmed else "no"
-        for decoded, image_id in zip(pair, (row.image_id_a, row.image_id_b), strict=True):
-            images.append(decoded.pixels)
+        for pixels, image_id in zip(pair, ids, strict=True):
+            images.append(pixels)
             captions.append(f"{verdict} {row.similarity:.3f} d{row.distance} {Path(image_id).stem}")
     return make_contact_sheet(images, captions, tile_px=128, n_cols=6)
 

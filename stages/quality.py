@@ -29,25 +29,20 @@ from pipeline.quality import (
     summarize,
     worst_flagged,
 )
-from pipeline.sheets import make_contact_sheet
+from pipeline.sheets import make_contact_sheet, read_for_sheet
 from stages._cli import run
 
 log = logging.getLogger("stages.quality")
 
 
 def _sheet(rows: pd.DataFrame, issue: str, manifest: pd.DataFrame, root: Path, params) -> object:
-    from pipeline.images import ImageRejected, read_image
-
     images, captions = [], []
     paths = manifest.set_index("image_id")["path"]
     for image_id, score in zip(rows["image_id"], rows[score_col(issue)], strict=True):
-        try:
-            decoded = read_image(root / paths[image_id], params.ingest.max_pixels, params.ingest.multi_frame)
-        except ImageRejected as err:  # changed on disk since ingest: show the rest
-            log.warning("%s: cannot decode for the contact sheet: %s", image_id, err)
-            continue
-        images.append(decoded.pixels)
-        captions.append(f"{score:.2f} {Path(image_id).name}")
+        pixels = read_for_sheet(root / paths[image_id], params.ingest.max_pixels, params.ingest.multi_frame)
+        if pixels is not None:
+            images.append(pixels)
+            captions.append(f"{score:.2f} {Path(image_id).name}")
     return make_contact_sheet(images, captions, tile_px=128, n_cols=6)
 
 
