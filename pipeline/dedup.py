@@ -130,6 +130,32 @@ def _standardize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x / np.maximum(norm, 1e-6), std
 
 
+def _window_sums(moving: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Centred and raw sums of squares of every ``w`` x ``w`` window of each image.
+
+    Computed from integral images (float64), so no window is copied.
+
+    Args:
+        moving: (p, s, s) thumbnails.
+        w: Window side, at most s.
+
+    Returns:
+        Two (p, s - w + 1, s - w + 1) float64 arrays: centred (clipped at 0) and raw sums of squares.
+    """
+    p, s = moving.shape[0], moving.shape[1]
+    m = moving.astype(np.float64)
+    ii = np.zeros((p, s + 1, s + 1))
+    ii2 = np.zeros((p, s + 1, s + 1))
+    ii[:, 1:, 1:] = m.cumsum(1).cumsum(2)
+    ii2[:, 1:, 1:] = (m * m).cumsum(1).cumsum(2)
+
+    def box(t: np.ndarray) -> np.ndarray:
+        return t[:, w:, w:] - t[:, :-w, w:] - t[:, w:, :-w] + t[:, :-w, :-w]
+
+    raw = box(ii2)
+    return np.maximum(raw - box(ii) ** 2 / (w * w), 0.0), raw
+
+
 def _shifted_correlation(fixed: np.ndarray, moving: np.ndarray, max_shift: int) -> np.ndarray:
     """Best correlation of the centre of ``fixed`` with ``moving`` over integer shifts.
 
@@ -149,18 +175,8 @@ def _shifted_correlation(fixed: np.ndarray, moving: np.ndarray, max_shift: int) 
     centre, c_std = _standardize(fixed[:, k : k + w, k : k + w])
     windows = np.lib.stride_tricks.sliding_window_view(moving, (w, w), axis=(1, 2))  # (p, 2k+1, 2k+1, w, w)
     dot = np.einsum("pxyij,pij->pxy", windows, centre, optimize=True)
-    m = moving.astype(np.float64)
-    ii = np.zeros((p, s + 1, s + 1))
-    ii2 = np.zeros((p, s + 1, s + 1))
-    ii[:, 1:, 1:] = m.cumsum(1).cumsum(2)
-    ii2[:, 1:, 1:] = (m * m).cumsum(1).cumsum(2)
-
-    def box(t: np.ndarray) -> np.ndarray:
-        return t[:, w:, w:] - t[:, :-w, w:] - t[:, w:, :-w] + t[:, :-w, :-w]
-
-    n_px = w * w
-    centred_ss = np.maximum(box(ii2) - box(ii) ** 2 / n_px, 0.0)
-    w_std = np.sqrt(centred_ss / n_px)
+    centred_ss, _ = _window_sums(moving, w)
+    w_std = np.sqrt(centred_ss / (w * w))
     corr = dot / np.sqrt(np.maximum(centred_ss, 1e-6))
     corr = np.where(w_std < _FLAT_STD, -1.0, corr)
     corr = np.where((c_std < _FLAT_STD)[:, None, None], -1.0, corr)
@@ -203,21 +219,11 @@ def _window_stats(moving: np.ndarray, max_shift: int) -> tuple[np.ndarray, np.nd
     k = max_shift
     p, s = moving.shape[0], moving.shape[1]
     w = s - 2 * k
-    m = moving.astype(np.float64)
-    ii = np.zeros((p, s + 1, s + 1))
-    ii2 = np.zeros((p, s + 1, s + 1))
-    ii[:, 1:, 1:] = m.cumsum(1).cumsum(2)
-    ii2[:, 1:, 1:] = (m * m).cumsum(1).cumsum(2)
-
-    def box(t: np.ndarray) -> np.ndarray:
-        return t[:, w:, w:] - t[:, :-w, w:] - t[:, w:, :-w] + t[:, :-w, :-w]
-
-    n_px = w * w
-    centred_ss = np.maximum(box(ii2) - box(ii) ** 2 / n_px, 0.0)
-    flat = np.sqrt(centred_ss / n_px) < _FLAT_STD
+    centred_ss, raw_ss = _window_sums(moving, w)
+    flat = np.sqrt(centred_ss / (w * w)) < _FLAT_STD
     norm = np.sqrt(np.maximum(centred_ss, 1e-6))
     # |float32 dot - exact dot| <= gamma * sum|x c| <= gamma * |window| * |centre|, |centre| ~ 1
-    ratio = np.sqrt(np.maximum(box(ii2), 0.0)) / norm
+    ratio = np.sqrt(np.maximum(raw_ss, 0.0)) / norm
     ratio = np.where(flat, 0.0, ratio).reshape(p, -1).max(axis=1)
     return norm.reshape(p, -1), flat.reshape(p, -1), ratio
 

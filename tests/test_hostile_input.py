@@ -6,8 +6,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ from PIL import Image
 
 from pipeline.ingest import ingest, read_labels_table
 from pipeline.params import IngestParams
+from tests.helpers import huge_png_header
 
 RNG = np.random.default_rng(7)
 GRAY = (RNG.random((30, 50)) * 255).astype(np.uint8)
@@ -26,19 +25,6 @@ def enc(im: Image.Image, fmt: str, **kw) -> bytes:
     buf = io.BytesIO()
     im.save(buf, format=fmt, **kw)
     return buf.getvalue()
-
-
-def huge_png_header() -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 99))
-        + chunk(b"IEND", b"")
-    )
 
 
 def pydicom_file(name: str) -> Path:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ from PIL import Image
 from pipeline.contract import MANIFEST_COLUMNS
 from pipeline.ingest import REASONS, ingest, read_labels_table, scan_files
 from pipeline.params import IngestParams, load_params, parse_params
+from tests.helpers import huge_png_header
 
 RNG = np.random.default_rng(1)
 
@@ -27,19 +26,6 @@ def png_bytes(shape=(32, 32), dtype=np.uint8) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
     return buf.getvalue()
-
-
-def huge_png() -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 9))
-        + chunk(b"IEND", b"")
-    )
 
 
 def write_table(path: Path, rows: list[tuple], header: str = "image_path,label,patient_id") -> Path:
@@ -57,7 +43,7 @@ def make_dataset(root: Path) -> dict[str, str]:
         "img/ok2.png": (png_bytes(), "ok"),
         "img/truncated.png": (good[: len(good) // 2], "truncated"),
         "img/html.png": (b"<html><body>not found</body></html>", "not_an_image"),
-        "img/huge.png": (huge_png(), "too_large"),
+        "img/huge.png": (huge_png_header(), "too_large"),
         "img/float.tif": (_float_tiff(), "unsupported_mode"),
         "img/corrupt.png": (_corrupt_png(good), "unreadable"),
         "img/nolabel.png": (png_bytes(), "unknown_label"),
