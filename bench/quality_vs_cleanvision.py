@@ -86,7 +86,7 @@ def _dup_scores(sets: list[set[str]], truth: dict) -> dict[str, tuple[float, flo
 
 def run_ours(root: Path, params, executor: ExecutorParams) -> tuple[dict, float, int, list[str]]:
     t0 = time.perf_counter()
-    res = ingest(root, root / "labels.csv", params.ingest, executor)
+    res = ingest(root, root / "labels.csv", params.ingest, executor, hashes=(params.dedup.hash_method,))
     ok = res.manifest[res.manifest["status"] == "ok"]
     quality = find_low_quality(res.features, ok, params.quality)
     pred = {i: set(quality.loc[quality[flag_col(i)], "image_id"]) for i, _ in QUALITY_KINDS.values()}

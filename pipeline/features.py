@@ -10,9 +10,10 @@ How it stays fast (``bench/scan.py``): the only full-resolution work is the pixe
 comparable across image sizes (CleanVision's blur score depends on resolution, so strong blur on
 large images is missed). On the copy: one histogram of the integer gray values gives every
 percentile, the mean, the std, the entropy and the flatness; stretches to 8 bit are lookup tables; sums of squares use
-OpenCV's double-accumulating reductions; the spectrum is one ``scipy.fft.rfft2``; the three
-perceptual hashes share one exact re-implementation of imagededup (see :func:`perceptual_hashes`),
-so neither imagededup nor torch (which ``import imagededup`` pulls in) is imported here.
+OpenCV's double-accumulating reductions; the noise measure runs on the 128 px level of the blur
+pyramid (a quarter of the pixels); only the perceptual hash(es) that dedup uses are computed, by
+one exact re-implementation of imagededup (see :func:`perceptual_hashes`), so neither imagededup
+nor torch (which ``import imagededup`` pulls in) is imported here.
 
 Intensities are measured at the true bit depth: a ``bit_depth``-bit image is divided by its full
 scale ``2**bit_depth - 1``, so 16-bit images do not all look "light" (they do in CleanVision,
@@ -29,8 +30,8 @@ Derived / scale-free:
     ``(p95 - p05) / min(p95 + p05, 2 - p95 - p05)``: unchanged when an image is made darker by
     scaling or brighter by an offset, so a dark image is not also "low contrast"),
     ``entropy`` (Shannon entropy in bits / 8, in [0, 1], 256-bin histogram over ``[0, 2**stored_bits)``),
-    ``structure_snr`` (std of a Gaussian-smoothed copy (sigma 2 px on the working copy) over the std
-    of the residual plus the quantization floor: near 1 for blank/noise-only images, high for real
+    ``structure_snr`` (std of a Gaussian-smoothed copy (sigma 1 px on the copy whose longest side is
+    at most 128 px; a smaller image at its own size) over the std of the residual plus the quantization floor: near 1 for blank/noise-only images, high for real
     content; unchanged by exposure scaling), ``flat_fraction`` (fraction of pixels within 2 % of the stored range of the median: near 1 for
     blank images), ``stored_bits`` (int: the smallest of 8/10/12/14/16 whose range holds the image's
     max; 8 for 8-bit images), ``full_scale`` (float: ``2**bit_depth - 1``).
@@ -38,8 +39,7 @@ Blur (on the working copy, contrast-normalized so a dim image is not "blurry"):
     ``laplacian_var`` (variance of the Laplacian of the [0, 1] gray image),
     ``sharpness_256``, ``sharpness_128``, ``sharpness_64`` (``var(Laplacian) / var(gray)``: edge
     energy per unit contrast, on copies whose longest side is at most 256 / 128 / 64; a smaller
-    image is measured at its own size), so images of different sizes can be compared at one scale,
-    ``hf_ratio`` (share of non-DC spectral energy above half the Nyquist frequency).
+    image is measured at its own size), so images of different sizes can be compared at one scale.
 Colour:
     ``n_channels`` (1 or 3, as decoded), ``is_gray_rgb`` (bool: 3 channels that are (nearly) equal,
     i.e. a grayscale image stored as RGB), ``channel_diff`` (mean over pixels of max - min across
@@ -76,13 +76,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import scipy.fft
 from scipy.fftpack import dct  # the DCT imagededup's PHash uses (same results bit for bit)
 
 WORK_PX = 256
 """Longest side of the working copy on which all but the pixel hash are measured."""
 BLUR_LEVELS = (WORK_PX, 128, 64)
 """Longest sides at which ``sharpness_<side>`` is measured (downscale only, never upscaled)."""
+_NOISE_PX = 128  # the pyramid level on which structure_snr is measured
 
 _GRAY_RGB_TOL = 0.01  # mean channel spread (fraction of full scale) below which RGB counts as gray
 _FLAT_TOL = 0.02  # "near-constant" = within 2 % of the stored range of the median
@@ -149,68 +149,13 @@ def _entropy(hist: np.ndarray) -> float:
 
 
 def _mean_std(x: np.ndarray) -> tuple[float, float]:
-    """Mean and (population) std of a float32 image, one pass each, accumulated in double."""
+    """Mean and (population) std of a float32 (or int16) image, one pass each, accumulated in double."""
     n = x.size
     mean = cv2.sumElems(x)[0] / n
     var = cv2.norm(x, cv2.NORM_L2SQR) / n - mean * mean
     if var < 1e-8 * mean * mean:  # (nearly) constant: E[x^2] - mean^2 cancels; two-pass instead
         var = float(np.var(x, dtype=np.float64))
     return mean, math.sqrt(var) if var > 0 else 0.0
-
-
-def _is_high(fy: np.ndarray, fx: np.ndarray) -> np.ndarray:
-    return np.sqrt(fy**2 + fx**2) > 0.25
-
-
-@lru_cache(maxsize=64)
-def _high_frequency_mask(h: int, w: int) -> np.ndarray:
-    """uint8 mask over the float32 view of ``rfft2`` output (re, im interleaved): radius > 0.25."""
-    high = _is_high(np.fft.fftfreq(h)[:, None], np.fft.rfftfreq(w)[None, :])
-    return np.repeat(high, 2, axis=1).astype(np.uint8)
-
-
-@lru_cache(maxsize=64)
-def _ccs_masks(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """For ``cv2.dft``'s packed (CCS) output of an even h x w real image: the uint8 mask of
-    the entries above half Nyquist, and that mask on the first/last column's rows 1..h-2 (there
-    each entry stands for two rfft2 bins, ky and h - ky, which have the same radius)."""
-    fy = np.fft.fftfreq(h)
-    # interior columns 2k-1, 2k hold Re, Im of bin kx = k for every row ky
-    kx = (np.arange(1, w - 1) + 1) // 2
-    mask = np.zeros((h, w), bool)
-    mask[:, 1 : w - 1] = _is_high(fy[:, None], (kx / w)[None, :])
-    # columns 0 and w-1 (kx = 0, w/2) pack one real 1-D spectrum along y: rows 2j-1, 2j = Re, Im of
-    # ky = j, row 0 = ky 0, row h-1 = ky h/2
-    ky = np.concatenate([[0], (np.arange(1, h - 1) + 1) // 2, [h // 2]])
-    mask[:, 0] = _is_high(fy[ky], np.zeros(h))
-    mask[:, w - 1] = _is_high(fy[ky], np.full(h, 0.5))
-    return mask.astype(np.uint8), mask[1 : h - 1][:, [0, w - 1]].astype(np.uint8)
-
-
-def _power_of_two(n: int) -> bool:
-    return n >= 4 and n & (n - 1) == 0
-
-
-def _hf_ratio(gray: np.ndarray, mean: float) -> float:
-    """Share of non-DC spectral energy above half the Nyquist frequency (0 for constant images).
-
-    Over the ``rfft2`` half spectrum (each stored bin counted once), as it always was. Sides that
-    are powers of two (e.g. 256 x 256) use ``cv2.dft``'s packed output (about 60 % of the time),
-    others ``scipy.fft.rfft2`` (faster than OpenCV for odd sizes).
-    """
-    h, w = gray.shape
-    g = gray - np.float32(mean)
-    if _power_of_two(h) and _power_of_two(w):
-        ccs = cv2.dft(g)
-        mask, edge_mask = _ccs_masks(h, w)
-        edge = np.ascontiguousarray(ccs[1 : h - 1][:, [0, w - 1]])
-        total = cv2.norm(ccs, cv2.NORM_L2SQR) + cv2.norm(edge, cv2.NORM_L2SQR)
-        high = cv2.norm(ccs, cv2.NORM_L2SQR, mask=mask) + cv2.norm(edge, cv2.NORM_L2SQR, mask=edge_mask)
-    else:
-        flat = scipy.fft.rfft2(g, workers=1).view(np.float32)  # complex64 as (re, im) pairs
-        total = cv2.norm(flat, cv2.NORM_L2SQR)
-        high = cv2.norm(flat, cv2.NORM_L2SQR, mask=_high_frequency_mask(h, w)) if total > 0 else 0.0
-    return float(high / total) if total > 0 else 0.0
 
 
 def compute_features(
@@ -283,24 +228,31 @@ def compute_features(
         (cdf[min(med + flat_tol, n_levels - 1)] - (cdf[med - flat_tol - 1] if med - flat_tol > 0 else 0))
         / n_px
     )
-    # structure vs noise: std of a smoothed copy over std of what the smoothing removed (plus the
-    # quantization floor). Scale-free, so a dark or dim image keeps its value; near 1 for blank.
-    smooth = cv2.GaussianBlur(gray, (0, 0), 2.0)
-    quant = 1.0 / full_scale / np.sqrt(12.0)  # std of rounding to integer levels
-    smooth_std = _mean_std(smooth)[1]
-    structure_snr = float(smooth_std / np.hypot(_mean_std(cv2.subtract(gray, smooth))[1], quant))
     # blur at three scales, so quality can compare images at the dataset's typical size
     sharp: dict[str, float] = {}
     laplacian_var = 0.0
     level, lvl_std = gray, std  # the working copy is the first level
+    quant = 1.0 / full_scale / np.sqrt(12.0)  # std of rounding to integer levels
+    structure_snr = 0.0
     for side in BLUR_LEVELS:
         if max(level.shape) > side:
             level = _downscale(level, side)
             lvl_std = _mean_std(level)[1]
-        lap_var = _mean_std(cv2.Laplacian(level, cv2.CV_32F, ksize=3))[1] ** 2
+        if level is gray:  # the integer levels give exact Laplacian sums, faster than float32
+            depth = cv2.CV_16S if gray_raw.dtype == np.uint8 else cv2.CV_32F  # |values| < 2**19
+            lap_var = (_mean_std(cv2.Laplacian(gray_raw, depth, ksize=3))[1] / full_scale) ** 2
+        else:
+            lap_var = _mean_std(cv2.Laplacian(level, cv2.CV_32F, ksize=3))[1] ** 2
         sharp[f"sharpness_{side}"] = lap_var / lvl_std**2 if lvl_std > 1e-6 else 0.0
         if side == WORK_PX:
             laplacian_var = lap_var
+        elif side == _NOISE_PX:
+            # structure vs noise: std of a smoothed copy over std of what the smoothing removed
+            # (plus the quantization floor). Scale-free, so a dark or dim image keeps its value;
+            # near 1 for blank images.
+            smooth = cv2.GaussianBlur(level, (0, 0), 1.0)
+            residual = _mean_std(cv2.subtract(level, smooth))[1]
+            structure_snr = float(_mean_std(smooth)[1] / np.hypot(residual, quant))
 
     out.update(
         mean=mean,
@@ -321,7 +273,6 @@ def compute_features(
         full_scale=full_scale,
         laplacian_var=laplacian_var,
         **sharp,
-        hf_ratio=_hf_ratio(gray, mean),
         n_channels=n_channels,
         is_gray_rgb=bool(n_channels == 3 and channel_diff < _GRAY_RGB_TOL),
         channel_diff=channel_diff,
@@ -456,23 +407,59 @@ def _vertical_first(rule: str, in_w: int, in_h: int, out_w: int, out_h: int) -> 
     return rule == "vertical_first_when_taller" and out_h < in_h and in_h - out_h > 2 * (in_w - out_w)
 
 
+_Bands = list[tuple[int, int, int, int, np.ndarray]]
+_BAND = 8  # outputs per block of a banded product
+
+
+def _bands(weights: np.ndarray) -> _Bands | None:
+    """Blocks ``(out0, out1, in0, in1, weights[out0:out1, in0:in1])`` of ``_BAND`` outputs that cover
+    every non-zero weight of an (outputs x inputs) matrix, or None when they would save < 30 % of the
+    dense product. A Lanczos kernel spans 6 output pixels, so shrinking 256 -> 32 touches ~1/5 of
+    the matrix. Skipping zero weights keeps the sums exact (integers < 2**31 in float64)."""
+    bands, area = [], 0
+    for o0 in range(0, weights.shape[0], _BAND):
+        o1 = min(o0 + _BAND, weights.shape[0])
+        nz = np.flatnonzero(weights[o0:o1].any(axis=0))
+        i0, i1 = (int(nz[0]), int(nz[-1]) + 1) if nz.size else (0, 0)
+        bands.append((o0, o1, i0, i1, np.ascontiguousarray(weights[o0:o1, i0:i1])))
+        area += (o1 - o0) * (i1 - i0)
+    return bands if area < 0.7 * weights.size else None
+
+
+def _first_pass(a: np.ndarray, weights: np.ndarray, bands: _Bands | None, vertical: bool) -> np.ndarray:
+    """``weights @ a`` (vertical) or ``a @ weights.T`` (horizontal), block by block when banded."""
+    if bands is None:
+        return weights @ a if vertical else a @ weights.T
+    if vertical:
+        out = np.empty((weights.shape[0], a.shape[1]))
+        for o0, o1, i0, i1, w in bands:
+            np.matmul(w, a[i0:i1], out=out[o0:o1])
+    else:
+        out = np.empty((a.shape[0], weights.shape[0]))
+        for o0, o1, i0, i1, w in bands:
+            np.matmul(a[:, i0:i1], w.T, out=out[:, o0:o1])
+    return out
+
+
 @lru_cache(maxsize=256)
 def _resize_plan(
     in_h: int, in_w: int, sizes: tuple[tuple[int, int], ...], rule: str
-) -> list[tuple[bool, np.ndarray, np.ndarray, list[tuple[int, slice, slice]]]]:
+) -> list[tuple[bool, np.ndarray, np.ndarray, _Bands | None, list[tuple[int, slice, slice]]]]:
     """Sizes grouped by pass order; per group the stacked weights of both passes, so a group is
-    two matrix products (the off-diagonal blocks of the second one are computed and ignored)."""
+    two matrix products (the off-diagonal blocks of the second one are computed and ignored), and
+    the bands of the first pass (the big one: it runs over the whole image)."""
     groups: dict[bool, list[int]] = {}
     for i, (w, h) in enumerate(sizes):
         groups.setdefault(_vertical_first(rule, in_w, in_h, w, h), []).append(i)
     plan = []
     for vfirst, idx in groups.items():
         widths, heights = [sizes[i][0] for i in idx], [sizes[i][1] for i in idx]
-        kx = np.ascontiguousarray(np.concatenate([_pil_lanczos(in_w, w) for w in widths]).T)
-        ky = np.concatenate([_pil_lanczos(in_h, h) for h in heights])
+        wx = np.concatenate([_pil_lanczos(in_w, w) for w in widths])  # (outputs, in_w)
+        ky = np.concatenate([_pil_lanczos(in_h, h) for h in heights])  # (outputs, in_h)
+        bands = _bands(ky if vfirst else wx)
         cols, rows = np.cumsum([0, *widths]), np.cumsum([0, *heights])
         where = [(i, slice(rows[j], rows[j + 1]), slice(cols[j], cols[j + 1])) for j, i in enumerate(idx)]
-        plan.append((vfirst, kx, ky, where))
+        plan.append((vfirst, np.ascontiguousarray(wx.T), ky, bands, where))
     return plan
 
 
@@ -489,12 +476,12 @@ def _lanczos_resize_many(
     a = gray8.astype(np.float64)
     out: list = [None] * len(sizes)
     plan = _resize_plan(*a.shape, tuple(sizes), rule)
-    with _single_threaded_blas(a.size * max(max(kx.shape[1], ky.shape[0]) for _, kx, ky, _ in plan)):
-        for vfirst, kx, ky, where in plan:
+    with _single_threaded_blas(a.size * max(max(kx.shape[1], ky.shape[0]) for _, kx, ky, _, _ in plan)):
+        for vfirst, kx, ky, bands, where in plan:
             if vfirst:
-                res = _fixed_to_levels(_fixed_to_levels(ky @ a) @ kx)
+                res = _fixed_to_levels(_fixed_to_levels(_first_pass(a, ky, bands, True)) @ kx)
             else:
-                res = _fixed_to_levels(ky @ _fixed_to_levels(a @ kx))
+                res = _fixed_to_levels(ky @ _fixed_to_levels(_first_pass(a, kx.T, bands, False)))
             for i, rows, cols in where:
                 out[i] = res[rows, cols]
     return out

@@ -209,6 +209,7 @@ class FileTask:
     max_file_bytes: int = 512 * 2**20
     multi_frame: str = "first"
     classes: tuple[str, ...] | None = None
+    hashes: tuple[str, ...] = ("phash",)  # the perceptual hash(es) dedup reads
 
 
 @dataclass
@@ -294,7 +295,7 @@ def ingest_file(task: FileTask) -> FileResult:
     from pipeline.features import compute_features  # owned by quality; imported in the worker
 
     try:
-        features = compute_features(image.pixels, image.bit_depth)
+        features = compute_features(image.pixels, image.bit_depth, hashes=task.hashes)
     except Exception as err:  # noqa: BLE001  (a bad feature must not stop the stage)
         log.warning("compute_features failed on %s", task.path, exc_info=True)
         return reject("features_failed", f"{type(err).__name__}: {err}")
@@ -316,7 +317,7 @@ class IngestResult:
 
 
 def build_tasks(
-    root: str | Path, labels: str | Path | None, params: IngestParams
+    root: str | Path, labels: str | Path | None, params: IngestParams, hashes: tuple[str, ...] = ("phash",)
 ) -> tuple[list[FileTask], pd.DataFrame]:
     """Decide the files and their labels (no image is opened).
 
@@ -335,6 +336,7 @@ def build_tasks(
         "max_file_bytes": int(params.max_file_mb * 2**20),
         "multi_frame": params.multi_frame,
         "classes": tuple(params.classes) if params.classes is not None else None,
+        "hashes": tuple(hashes),
     }
     tasks: list[FileTask] = []
     if labels is None:
@@ -367,6 +369,7 @@ def ingest(
     labels: str | Path | None,
     params: IngestParams,
     executor: ExecutorParams | None = None,
+    hashes: tuple[str, ...] = ("phash",),
 ) -> IngestResult:
     """Run ingest over a data root (see the module docstring for the semantics).
 
@@ -375,6 +378,8 @@ def ingest(
         labels: Labels table, or None for a class-per-folder tree.
         params: The ``ingest`` params.
         executor: Where per-file work runs (None = in-process).
+        hashes: The imagededup hash(es) to store in the features table (``dedup.hash_method``;
+            each costs ~0.1-0.2 ms per image, so only what dedup reads is computed).
 
     Returns:
         The :class:`IngestResult`.
@@ -383,7 +388,7 @@ def ingest(
         ValueError, FileNotFoundError: For a bad labels table or data root.
         RuntimeError: If the manifest does not hold every file found exactly once (a bug).
     """
-    tasks, extras = build_tasks(root, labels, params)
+    tasks, extras = build_tasks(root, labels, params, hashes)
     _warm_up()
     log.info("ingest: %d files under %s (%s)", len(tasks), root, labels or "class-per-folder")
     rows, features, rejected = [], [], []

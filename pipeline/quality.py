@@ -57,7 +57,7 @@ MIN_LOG_SCALE = 0.23
 # Columns of features.parquet that quality reads (memory: nothing else is loaded).
 FEATURE_COLUMNS = [
     "image_id", "median", "p01", "p05", "p95", "p99", "max", "full_scale", "michelson", "entropy",
-    "structure_snr", "sharpness_256", "sharpness_128", "sharpness_64", "hf_ratio", "n_channels",
+    "structure_snr", "sharpness_256", "sharpness_128", "sharpness_64", "n_channels",
     "is_gray_rgb", "channel_diff",
 ]  # fmt: skip
 MANIFEST_COLUMNS = ["image_id", "width", "height", "channels", "bit_depth", "status"]

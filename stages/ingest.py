@@ -9,7 +9,8 @@ Writes: <manifest> (data/interim/manifest.parquet): one row per file found (MANI
         <rejected> (reports/ingest/rejected.csv): image_id, path, reason, detail.
         <metrics> (metrics/ingest.json): n_files, n_ok, n_rejected, rejected_by_reason.
 Params: data.root, data.labels, ingest.* (extensions, max_pixels, max_file_mb, multi_frame,
-        classes), executor.* (kind, n_workers, chunk_size, address).
+        classes), executor.* (kind, n_workers, chunk_size, address), dedup.hash_method (the one
+        perceptual hash computed).
 """
 
 from __future__ import annotations
@@ -36,7 +37,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     params = load_params(args.params)
-    result = ingest(params.data.root, params.data.labels, params.ingest, params.executor)
+    result = ingest(
+        params.data.root,
+        params.data.labels,
+        params.ingest,
+        params.executor,
+        hashes=(params.dedup.hash_method,),
+    )
     if result.metrics["n_ok"] == 0:
         reasons = {k: v for k, v in result.metrics["rejected_by_reason"].items() if v}
         raise ValueError(

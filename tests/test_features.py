@@ -21,7 +21,7 @@ def test_fields_types_and_ranges():
     rng = np.random.default_rng(0)
     f = compute_features(np.rint(textured(rng) * 255).astype(np.uint8), 8)
     for key in ("mean", "median", "p01", "p05", "p95", "p99", "std", "contrast", "michelson", "entropy",
-                "flat_fraction", "hf_ratio", "channel_diff"):  # fmt: skip
+                "flat_fraction", "channel_diff"):  # fmt: skip
         assert 0.0 <= f[key] <= 1.0, key
     assert f["p01"] <= f["p05"] <= f["median"] <= f["p95"] <= f["p99"] <= f["max"]
     assert f["n_channels"] == 1 and f["is_gray_rgb"] is False
@@ -97,7 +97,11 @@ def test_blur_and_blank_measures():
     sharp = compute_features(img, 8)
     blurred = compute_features(cv2.GaussianBlur(img, (0, 0), 3), 8)
     assert blurred["sharpness_128"] < sharp["sharpness_128"] / 5
-    assert blurred["hf_ratio"] < sharp["hf_ratio"]
+    # noise alone has little structure above noise, at any exposure; real content has much more
+    noise = rng.normal(120, 10, (200, 180)).clip(0, 255).astype(np.uint8)
+    assert compute_features(noise, 8)["structure_snr"] < 1.0 < 5.0 < sharp["structure_snr"]
+    dim_noise = (noise // 4).astype(np.uint8)
+    assert compute_features(dim_noise, 8)["structure_snr"] < 1.0
     blank = compute_features(np.full((40, 50), 77, np.uint8), 8)
     assert blank["entropy"] == 0.0 and blank["flat_fraction"] == 1.0 and blank["std"] == 0.0
 
@@ -250,18 +254,6 @@ def test_histogram_statistics_match_numpy():
         assert f["std"] == pytest.approx(img.std() / scale, rel=1e-9)
         for key, q in (("min", 0), ("p05", 5), ("median", 50), ("p99", 99), ("max", 100)):
             assert f[key] == np.percentile(img, q, method="inverted_cdf") / scale, key
-
-
-@pytest.mark.parametrize("shape", [(150, 111), (128, 64), (64, 256)])  # scipy / OpenCV (2**k) paths
-def test_hf_ratio_is_the_masked_share_of_the_half_spectrum(shape):
-    rng = np.random.default_rng(16)
-    img = np.rint(textured(rng, 256) * 255).astype(np.uint8)[: shape[0], : shape[1]]
-    g = img / 255.0 - img.mean() / 255.0
-    spec = np.abs(np.fft.rfft2(g)) ** 2
-    radius = np.hypot(np.fft.fftfreq(g.shape[0])[:, None], np.fft.rfftfreq(g.shape[1])[None, :])
-    expected = spec[radius > 0.25].sum() / spec.sum()
-    assert compute_features(img, 8)["hf_ratio"] == pytest.approx(expected, rel=1e-4)
-    assert compute_features(np.full(shape, 9, np.uint8), 8)["hf_ratio"] == 0.0
 
 
 @pytest.mark.parametrize(

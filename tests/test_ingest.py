@@ -162,6 +162,15 @@ def test_class_per_folder_mode(tmp_path: Path):
     assert (m.drop(index="loose.png")["status"] == "ok").all()
 
 
+@pytest.mark.parametrize("hashes", [("phash",), ("dhash", "ahash")])
+def test_only_the_requested_perceptual_hashes_are_computed(tmp_path: Path, hashes):
+    (tmp_path / "normal").mkdir()
+    (tmp_path / "normal" / "a.png").write_bytes(png_bytes())
+    feats = ingest(tmp_path, None, IngestParams(), hashes=hashes).features
+    assert {h for h in ("phash", "dhash", "ahash", "whash") if h in feats.columns} == set(hashes)
+    assert feats[list(hashes)].map(len).eq(16).all().all()
+
+
 # ------------------------------------------------------------------------------ table errors
 
 
