@@ -40,4 +40,4 @@ format: $(VENV)/.installed-dev
 ## Benchmarks (print tables; need `pip install -e '.[bench]'` for the CleanVision comparison).
 bench: $(VENV)/.installed-dev
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
-	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
+	for b in bench/[!_]*.py; do $(BIN)/python $$b || exit 1; done

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,14 +22,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-WRAPPER = """
-import resource, subprocess, sys
-rc = subprocess.run(sys.argv[1:]).returncode
-print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-sys.exit(rc)
-"""
+from _rss import REPO, run_with_peak_rss  # noqa: E402
 
 
 def make_dataset(root: Path, n: int, seed: int = 0) -> None:
@@ -71,13 +65,9 @@ def run(root: Path, image_size: int, workers: int) -> tuple[float, float]:
         "--splits", str(root / "splits.parquet"), "--out", str(root / "processed"),
         "--metrics", str(root / "normalize.json"),
     ]  # fmt: skip
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", WRAPPER, *cmd], cwd=REPO, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"normalize failed:\n{proc.stderr[-3000:]}")
+    peak_mib, wall = run_with_peak_rss(cmd, "normalize")
     json.loads((root / "normalize.json").read_text())
-    return int(proc.stdout.strip().splitlines()[-1]) / 1024, wall
+    return peak_mib, wall
 
 
 def main() -> int:
