@@ -23,6 +23,7 @@ imagededup hashes, a 32x32 intensity-normalized thumbnail), never the images.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -38,6 +39,8 @@ from pipeline.params import QUALITY_ISSUES, DedupParams
 
 log = logging.getLogger(__name__)
 
+MANIFEST_COLUMNS = ["image_id", "sha256", "width", "height", "patient_id", "label", "status"]
+"""Manifest columns :func:`find_duplicates` reads."""
 DUPLICATES_COLUMNS = [
     "image_id",
     "cluster_id",
@@ -61,8 +64,9 @@ PAIRS_COLUMNS = [
     "label_b",
 ]
 _FLAT_STD = 1.0  # thumbnails with less spread (grey levels of 255) carry nothing to compare
-_BATCH = 2048  # pairs per vectorized reference step (~ _BATCH * 25 * 28**2 * 4 bytes)
-_IMG_BLOCK = 256  # moving images whose windows are held at once (~ 256 * 25 * 28**2 * 8 bytes)
+_BATCH = 512  # pairs per vectorized reference step (~ _BATCH * 25 * 28**2 * 4 bytes)
+_CHUNK_IMAGES = 2048  # images whose pairs are scored at once (~19 KB each: standardized centres)
+_IMG_BLOCK = 64  # moving images whose windows are held at once (~ 64 * 25 * 28**2 * 8 bytes)
 # Unit roundoff of float32 (the reference's dot products), times 1.001 for |centre| ~ 1.
 _GAMMA_F32 = 2.0**-24 * 1.001
 # The reference's float32 sums err by ~1e-7, far below their worst-case bound: values closer than
@@ -89,23 +93,85 @@ class DedupResult:
 # --- thumbnail similarity ---------------------------------------------------------------------
 
 
-def decode_thumbnails(thumbs: pd.Series, sizes: pd.Series) -> np.ndarray:
-    """Stack the ``thumb`` bytes of features.parquet into a float32 array (n, s, s).
+def _thumbs_from_bytes(
+    thumbs: Sequence, sizes: Sequence, first_row: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """``thumb`` bytes of features.parquet as uint8 (n, s, s) and a mask of the rows that have one.
 
     Raises:
         ValueError: If the thumbnails do not all have one size, or a buffer has the wrong length.
     """
-    sizes_u = pd.unique(sizes.astype(int))
+    present = np.array([t is not None and t == t for t in thumbs], bool)  # t == t: not NaN
+    sizes_u = pd.unique(pd.Series(sizes)[present].astype(int))
     if len(sizes_u) > 1:
         raise ValueError(f"features.parquet: expected one thumb_size, got {sorted(sizes_u.tolist())}")
     s = int(sizes_u[0]) if len(sizes_u) else 32
-    out = np.empty((len(thumbs), s, s), np.float32)
-    for k, buf in enumerate(thumbs):
-        arr = np.frombuffer(buf, np.uint8)
+    out = np.zeros((len(present), s, s), np.uint8)
+    for k in np.flatnonzero(present):
+        arr = np.frombuffer(thumbs[k], np.uint8)
         if arr.size != s * s:
-            raise ValueError(f"features.parquet row {k}: thumb has {arr.size} bytes, expected {s * s}")
+            raise ValueError(
+                f"features.parquet row {first_row + k}: thumb has {arr.size} bytes, expected {s * s}"
+            )
         out[k] = arr.reshape(s, s)
-    return out
+    return out, present
+
+
+class Thumbnails:
+    """The ``thumb`` column of features.parquet, read only for the rows that are asked for.
+
+    Confirmation needs the thumbnails of the candidate pairs only, so the stage does not load the
+    column (1 KB per image, several times that while parquet decodes it): :meth:`from_parquet`
+    reads it one row group at a time (``pipeline.io.ROW_GROUP_ROWS``) and keeps the requested rows, and memory grows with the number of
+    candidates, not of images. :meth:`from_frame` serves an in-memory ``thumb`` column.
+    """
+
+    def __init__(self, thumbs: pd.Series | None = None, sizes: pd.Series | None = None, path=None):
+        self._thumbs, self._sizes, self._path = thumbs, sizes, path
+
+    @classmethod
+    def from_frame(cls, features: pd.DataFrame) -> Thumbnails:
+        return cls(features["thumb"].reset_index(drop=True), features["thumb_size"].reset_index(drop=True))
+
+    @classmethod
+    def from_parquet(cls, path) -> Thumbnails:
+        return cls(path=path)
+
+    def get(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(uint8 (len(rows), s, s), mask of rows that have a thumbnail) for sorted unique ``rows``
+        (row numbers of the features table)."""
+        rows = np.asarray(rows, np.int64)
+        if self._path is None:
+            return _thumbs_from_bytes(self._thumbs.iloc[rows].tolist(), self._sizes.iloc[rows].tolist())
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        parts, masks, start = [], [], 0
+        with pq.ParquetFile(self._path) as pf:
+            # one row group at a time, on this thread: memory is one group's column, not the file's
+            for group in range(pf.metadata.num_row_groups):
+                end = start + pf.metadata.row_group(group).num_rows
+                lo, hi = np.searchsorted(rows, [start, end])
+                if hi > lo:
+                    table = pf.read_row_group(group, columns=["thumb", "thumb_size"], use_threads=False)
+                    take = rows[lo:hi] - start
+                    thumbs = table.column("thumb").take(take).to_pylist()
+                    sizes = table.column("thumb_size").take(take).to_pylist()
+                    del table
+                    t, m = _thumbs_from_bytes(thumbs, [0 if v is None else v for v in sizes], start)
+                    parts.append(t)
+                    masks.append(m)
+                start = end
+        pa.default_memory_pool().release_unused()  # give the decode buffers back to the system
+        if start <= (rows[-1] if rows.size else -1):
+            raise ValueError(f"{self._path}: {start} rows, asked for row {rows[-1]}")
+        if not parts:
+            return np.zeros((0, 32, 32), np.uint8), np.zeros(0, bool)
+        if len({p.shape[1:] for p in parts}) > 1:
+            raise ValueError(
+                f"features.parquet: expected one thumb_size, got {sorted({p.shape[1] for p in parts})}"
+            )
+        return np.concatenate(parts), np.concatenate(masks)
 
 
 def _zoom(thumbs: np.ndarray, factor: float) -> np.ndarray:
@@ -363,6 +429,57 @@ def _confirm_similarity(
     return sim
 
 
+def _pair_similarity(
+    thumbnails: Thumbnails, frow: np.ndarray, i: np.ndarray, j: np.ndarray, params: DedupParams
+) -> np.ndarray:
+    """:func:`_confirm_similarity` of row pairs ``(i, j)``, loading only the thumbnails of those rows
+    (``frow``: features-table row of each row, -1 for none); -1 where either has no thumbnail.
+
+    Memory is bounded whatever the number of candidates: thumbnails are held as uint8 (1 KB
+    each) and pairs are scored in chunks that involve at most :data:`_CHUNK_IMAGES` images (pairs
+    sorted, so an image's pairs mostly share a chunk and its work is shared); a pair's score
+    depends only on its two thumbnails, so chunking changes no value.
+    """
+    sim = np.full(i.size, -1.0, np.float32)
+    both = (frow[i] >= 0) & (frow[j] >= 0)
+    if not both.any():
+        return sim
+    rows = np.unique(np.concatenate([frow[i[both]], frow[j[both]]]))
+    thumbs, present = thumbnails.get(rows)
+    a, b = np.searchsorted(rows, frow[i[both]]), np.searchsorted(rows, frow[j[both]])
+    ok = np.flatnonzero(present[a] & present[b])
+    scored = np.full(a.size, -1.0, np.float32)
+    for sel in _pair_chunks(a, b, ok, _CHUNK_IMAGES):
+        used, pos = np.unique(np.concatenate([a[sel], b[sel]]), return_inverse=True)
+        scored[sel] = _confirm_similarity(
+            thumbs[used].astype(np.float32),
+            pos[: sel.size],
+            pos[sel.size :],
+            params.align_max_shift,
+            tuple(params.align_zooms),
+            params.confirm_similarity,
+        )
+    sim[both] = scored
+    return sim
+
+
+def _pair_chunks(a: np.ndarray, b: np.ndarray, pairs: np.ndarray, max_images: int) -> Iterator[np.ndarray]:
+    """Split ``pairs`` (indices into ``a``, ``b``), sorted by (a, b), into consecutive chunks that
+    each involve at most ``max_images`` distinct images (a single pair always fits)."""
+    order = pairs[np.lexsort((b[pairs], a[pairs]))]
+    start = 0
+    while start < order.size:
+        rest = order[start:]
+        seq = np.stack([a[rest], b[rest]], axis=1).ravel()
+        _, first = np.unique(seq, return_index=True)
+        is_new = np.zeros(seq.size, np.int64)
+        is_new[first] = 1
+        distinct = np.cumsum(is_new)[1::2]  # distinct images up to and including each pair
+        n = max(1, int(np.searchsorted(distinct, max_images, side="right")))
+        yield rest[:n]
+        start += n
+
+
 # --- clustering -------------------------------------------------------------------------------
 
 
@@ -411,15 +528,23 @@ def _distinct(values: pd.Series) -> int:
 
 
 def find_duplicates(
-    manifest: pd.DataFrame, features: pd.DataFrame, quality: pd.DataFrame, params: DedupParams
+    manifest: pd.DataFrame,
+    features: pd.DataFrame,
+    quality: pd.DataFrame,
+    params: DedupParams,
+    thumbnails: Thumbnails | None = None,
 ) -> DedupResult:
     """Find exact and near-duplicate clusters among the ``status == ok`` images.
 
     Args:
         manifest: manifest.parquet (``image_id, sha256, width, height, patient_id, label, status``).
-        features: features.parquet (``image_id, pixel_sha256, <hash_method>, thumb, thumb_size``).
+        features: features.parquet (``image_id, pixel_sha256, <hash_method>``, and ``thumb,
+            thumb_size`` unless ``thumbnails`` is given).
         quality: quality.parquet, used to choose the representative.
         params: The ``dedup`` params section.
+        thumbnails: Where the thumbnails of ``features``' rows are read from (the stage passes
+            :meth:`Thumbnails.from_parquet` of the same file, so the column is never loaded whole);
+            None = the ``thumb`` column of ``features``.
 
     Returns:
         The :class:`DedupResult`.
@@ -428,18 +553,24 @@ def find_duplicates(
         ValueError: If a required column is missing (names the table and column).
     """
     for name, table, cols in (
-        ("manifest", manifest, ["image_id", "sha256", "width", "height", "patient_id", "label", "status"]),
-        ("features", features, ["image_id", "pixel_sha256", params.hash_method, "thumb", "thumb_size"]),
-    ):
+        ("manifest", manifest, MANIFEST_COLUMNS),
+        ("features", features, ["image_id", "pixel_sha256", params.hash_method]
+         + (["thumb", "thumb_size"] if thumbnails is None else [])),
+    ):  # fmt: skip
         missing = [c for c in cols if c not in table.columns]
         if missing:
             raise ValueError(
                 f"{name}: missing column(s) {missing} (dedup.hash_method={params.hash_method!r})"
             )
+    if thumbnails is None:
+        thumbnails = Thumbnails.from_frame(features)
+    features = features.drop(columns=["thumb", "thumb_size"], errors="ignore")
+    features = features.assign(_frow=np.arange(len(features), dtype=np.int64))
     ok = manifest[manifest["status"] == STATUS_OK]
     df = ok.merge(features, on="image_id", how="left", validate="one_to_one")
     df = df.sort_values("image_id", ignore_index=True)
     n = len(df)
+    frow = df["_frow"].fillna(-1).to_numpy(np.int64)  # features-table row of each df row
 
     # 1. exact links
     ea, eb = zip(_exact_links(df["sha256"]), _exact_links(df["pixel_sha256"]), strict=True)
@@ -463,22 +594,7 @@ def find_duplicates(
     )
 
     # 3. confirmation on thumbnails
-    thumbs = None
-    has_thumb = df["thumb"].notna().to_numpy()
-    sim = np.full(ci.size, -1.0, np.float32)
-    both = has_thumb[ci] & has_thumb[cj]
-    if both.any():
-        decoded = decode_thumbnails(df["thumb"][has_thumb], df["thumb_size"][has_thumb])
-        thumbs = np.zeros((n, *decoded.shape[1:]), np.float32)
-        thumbs[has_thumb] = decoded
-        sim[both] = _confirm_similarity(
-            thumbs,
-            ci[both],
-            cj[both],
-            params.align_max_shift,
-            tuple(params.align_zooms),
-            params.confirm_similarity,
-        )
+    sim = _pair_similarity(thumbnails, frow, ci, cj, params)
     confirmed = sim >= params.confirm_similarity
     log.info(
         "confirmed %d, rejected %d candidates (similarity >= %g)",
@@ -521,16 +637,9 @@ def find_duplicates(
         same_exact, 0, np.bitwise_count(all_codes[member_row] ^ all_codes[rep_row]).astype(np.int64)
     )
     to_rep = np.where(same_exact, 1.0, -1.0).astype(np.float32)
-    need = ~same_exact & (thumbs is not None)
-    if need.any() and thumbs is not None:
-        to_rep[need] = _confirm_similarity(
-            thumbs,
-            member_row[need],
-            rep_row[need],
-            params.align_max_shift,
-            tuple(params.align_zooms),
-            params.confirm_similarity,
-        )
+    to_rep[~same_exact] = _pair_similarity(
+        thumbnails, frow, member_row[~same_exact], rep_row[~same_exact], params
+    )
     members["similarity"] = to_rep.round(4)
     per_cluster = members.groupby("_cluster")
     members["is_cross_patient"] = members["_cluster"].map(per_cluster["patient_id"].agg(_distinct) > 1)

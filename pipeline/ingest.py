@@ -393,11 +393,12 @@ def ingest(
     log.info("ingest: %d files under %s (%s)", len(tasks), root, labels or "class-per-folder")
     rows, features, rejected = [], [], []
     for chunk in map_chunks(ingest_file, tasks, executor, desc="ingest"):
+        ok = [res.features for res in chunk if res.features is not None]
+        if ok:  # columnar per chunk: a few times smaller than one dict per image
+            features.append(pd.DataFrame(ok))
         for res in chunk:
             rows.append(res.row)
-            if res.features is not None:
-                features.append(res.features)
-            else:
+            if res.features is None:
                 r = res.row
                 rejected.append(
                     {
@@ -409,7 +410,12 @@ def ingest(
                 )
     manifest = _manifest_frame(rows, extras)
     _check_accounting(manifest, tasks)
-    feats = pd.DataFrame(features) if features else pd.DataFrame({"image_id": pd.Series([], dtype=str)})
+    feats = (
+        pd.concat(features, ignore_index=True)
+        if features
+        else pd.DataFrame({"image_id": pd.Series([], dtype=str)})
+    )
+    del features
     rejected_df = pd.DataFrame(rejected, columns=["image_id", "path", "reason", "detail"])
     metrics = ingest_metrics(manifest)
     log.info(

@@ -79,10 +79,16 @@ def write_bytes(data: bytes, path: str | Path) -> None:
         tmp.write_bytes(data)
 
 
+ROW_GROUP_ROWS = 8192
+"""Rows per parquet row group: a reader that streams a column (dedup's thumbnails) decodes one
+row group at a time, so its memory does not grow with the table (one group would be the whole)."""
+
+
 def write_parquet(df: pd.DataFrame, path: str | Path) -> None:
-    """Write a table as parquet, atomically, without the pandas index."""
+    """Write a table as parquet, atomically, without the pandas index, in row groups of
+    :data:`ROW_GROUP_ROWS` rows."""
     with atomic_path(path) as tmp:
-        df.to_parquet(tmp, index=False)
+        df.to_parquet(tmp, index=False, row_group_size=ROW_GROUP_ROWS)
 
 
 def write_csv(df: pd.DataFrame, path: str | Path) -> None:

@@ -19,10 +19,12 @@ import logging
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 
-from pipeline.dedup import find_duplicates, pairs_for_sheet
+from pipeline.contract import flag_col, score_col
+from pipeline.dedup import MANIFEST_COLUMNS, Thumbnails, find_duplicates, pairs_for_sheet
 from pipeline.io import write_csv, write_json, write_parquet, write_png
-from pipeline.params import load_params
+from pipeline.params import QUALITY_ISSUES, load_params
 from pipeline.sheets import make_contact_sheet, read_for_sheet
 from stages._cli import run
 
@@ -62,12 +64,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     params = load_params(args.params)
 
-    manifest = pd.read_parquet(args.manifest)
-    features = pd.read_parquet(
-        args.features, columns=["image_id", "pixel_sha256", params.dedup.hash_method, "thumb", "thumb_size"]
+    # only the columns used: the per-image tables are what grows with the number of images
+    manifest = pd.read_parquet(args.manifest, columns=[*MANIFEST_COLUMNS, "path"])
+    # thumbnails are read later, only for the candidate pairs (memory does not grow with the images)
+    features = pd.read_parquet(args.features, columns=["image_id", "pixel_sha256", params.dedup.hash_method])
+    wanted = ["image_id", *(c for x in QUALITY_ISSUES for c in (score_col(x), flag_col(x)))]
+    present = set(pq.read_schema(args.quality).names)
+    quality = pd.read_parquet(args.quality, columns=[c for c in wanted if c in present])
+    result = find_duplicates(
+        manifest, features, quality, params.dedup, Thumbnails.from_parquet(args.features)
     )
-    quality = pd.read_parquet(args.quality)
-    result = find_duplicates(manifest, features, quality, params.dedup)
     del features
 
     write_parquet(result.duplicates, args.out)

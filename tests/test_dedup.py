@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 from imagededup.methods import PHash
 
-from pipeline.dedup import find_duplicates, thumbnail_similarity
+from pipeline import dedup, io
+from pipeline.dedup import Thumbnails, find_duplicates, thumbnail_similarity
 from pipeline.demo import render_radiograph, sample_anatomy, sample_view
 from pipeline.features import compute_features
 from pipeline.hamming_index import bruteforce_pairs, hex_to_uint64, plan_chunks, search_pairs
@@ -165,6 +166,31 @@ def test_representative_is_deterministic(planted) -> None:
     assert "p0/brighter.png" in reps[0]
 
 
+def test_thumbnails_streamed_from_parquet_and_chunked_pairs_give_the_in_memory_result(
+    planted, tmp_path, monkeypatch
+) -> None:
+    manifest, features, _ = planted
+    features = features.copy()
+    lost = features.index[features["image_id"] == "p0/jpeg.png"]
+    features.loc[lost, ["thumb", "thumb_size"]] = None  # a row without a thumbnail takes no part
+    monkeypatch.setattr(io, "ROW_GROUP_ROWS", 3)  # requested rows spread over many row groups
+    io.write_parquet(features, tmp_path / "features.parquet")
+    quality = pd.DataFrame({"image_id": []})
+    in_memory = find_duplicates(manifest, features, quality, DedupParams())
+    monkeypatch.setattr(dedup, "_CHUNK_IMAGES", 3)  # and pairs scored a few images at a time
+    streamed = find_duplicates(
+        manifest,
+        features.drop(columns=["thumb", "thumb_size"]),
+        quality,
+        DedupParams(),
+        Thumbnails.from_parquet(tmp_path / "features.parquet"),
+    )
+    pd.testing.assert_frame_equal(streamed.duplicates, in_memory.duplicates)
+    pd.testing.assert_frame_equal(streamed.pairs, in_memory.pairs)
+    assert "p0/jpeg.png" not in set(in_memory.duplicates["image_id"])
+    assert in_memory.metrics["n_near"] > 0
+
+
 def test_similarity_is_robust_to_shift_and_rejects_other_images() -> None:
     rng = np.random.default_rng(1)
     a = sample_anatomy(rng)
@@ -243,3 +269,17 @@ def test_confirmation_identical_to_reference_on_random_thumbnails() -> None:
         assert np.array_equal(got >= threshold, ref >= threshold)
         assert np.array_equal(got.round(4), ref.round(4))
     assert (ref >= 0.96).sum() > 10  # the planted copies are there
+
+
+@pytest.mark.parametrize("max_images", [1, 2, 5, 40])
+def test_pair_chunks_cover_every_pair_once_within_the_image_budget(max_images) -> None:
+    rng = np.random.default_rng(max_images)
+    a, b = rng.integers(0, 30, 200), rng.integers(0, 30, 200)
+    pairs = np.flatnonzero(a != b)[:150]
+    chunks = list(dedup._pair_chunks(a, b, pairs, max_images))
+    assert sorted(np.concatenate(chunks).tolist()) == sorted(pairs.tolist())
+    for k, sel in enumerate(chunks):  # a pair has 2 images: a budget of 1 still takes one pair
+        assert len(np.unique(np.concatenate([a[sel], b[sel]]))) <= max(max_images, 2)
+        if max_images >= 2 and k + 1 < len(chunks):  # greedy: the next pair would not have fit
+            nxt = chunks[k + 1][0]
+            assert len(np.unique(np.concatenate([a[sel], b[sel], [a[nxt], b[nxt]]]))) > max_images
