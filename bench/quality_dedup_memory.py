@@ -1,7 +1,7 @@
 """Peak memory of the ingest, quality and dedup stages at two dataset sizes (issue 9 item 3).
 
-Quality and dedup read only the per-image feature table that ingest writes, so their peak memory
-should hardly grow with the number of images; this measures it. For each size N the script
+Ingest streams the feature table to disk and quality and dedup read only that table, so their
+peak memory should hardly grow with the number of images; this measures it. For each size N the script
 generates N grayscale PNGs in a class-per-folder tree (``--image-size`` px random smooth fields
 plus noise, all different; every 25th image a noisy near copy of the one before it, every 40th a
 byte copy, every 50th blurred, so dedup and quality have real work), runs the three stages as DVC
@@ -132,10 +132,8 @@ def main() -> int:
         )
     if len(rows) >= 2:
         (n0, r0, *_), (n1, r1, *_) = rows[0], rows[-1]
-        growth = {k: r1[k][0] / r0[k][0] for k in ("quality", "dedup")}
-        print(
-            f"images x{n1 / n0:.1f}: peak RSS quality x{growth['quality']:.2f}, dedup x{growth['dedup']:.2f}"
-        )
+        growth = ", ".join(f"{k} x{r1[k][0] / r0[k][0]:.2f}" for k in ("ingest", "quality", "dedup"))
+        print(f"images x{n1 / n0:.1f}: peak RSS {growth}")
     return 0
 
 

@@ -37,6 +37,7 @@ import logging
 import os
 import posixpath
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +47,7 @@ import pandas as pd
 from pipeline.contract import MANIFEST_COLUMNS, STATUS_OK, STATUS_REJECTED, image_id_for
 from pipeline.images import REASONS as IMAGE_REASONS
 from pipeline.images import ImageRejected, decode_image
+from pipeline.io import parquet_stream
 from pipeline.parallel import map_chunks
 from pipeline.params import ExecutorParams, IngestParams
 
@@ -311,7 +313,7 @@ class IngestResult:
     """What the ingest stage writes."""
 
     manifest: pd.DataFrame  # MANIFEST_COLUMNS + extra table columns, one row per file found
-    features: pd.DataFrame  # image_id + features, ok rows only
+    features: pd.DataFrame | None  # image_id + features, ok rows only (None: streamed to features_out)
     rejected: pd.DataFrame  # image_id, path, reason, detail
     metrics: dict
 
@@ -370,6 +372,7 @@ def ingest(
     params: IngestParams,
     executor: ExecutorParams | None = None,
     hashes: tuple[str, ...] = ("phash",),
+    features_out: str | Path | None = None,
 ) -> IngestResult:
     """Run ingest over a data root (see the module docstring for the semantics).
 
@@ -380,6 +383,9 @@ def ingest(
         executor: Where per-file work runs (None = in-process).
         hashes: The imagededup hash(es) to store in the features table (``dedup.hash_method``;
             each costs ~0.1-0.2 ms per image, so only what dedup reads is computed).
+        features_out: Write the features table to this parquet file chunk by chunk as images are
+            measured (the result's ``features`` is then None), so it is never whole in memory
+            (~3 KB per image); the file appears only if ingest completes, accounting included.
 
     Returns:
         The :class:`IngestResult`.
@@ -392,29 +398,30 @@ def ingest(
     _warm_up()
     log.info("ingest: %d files under %s (%s)", len(tasks), root, labels or "class-per-folder")
     rows, features, rejected = [], [], []
-    for chunk in map_chunks(ingest_file, tasks, executor, desc="ingest"):
-        ok = [res.features for res in chunk if res.features is not None]
-        if ok:  # columnar per chunk: a few times smaller than one dict per image
-            features.append(pd.DataFrame(ok))
-        for res in chunk:
-            rows.append(res.row)
-            if res.features is None:
-                r = res.row
-                rejected.append(
-                    {
-                        "image_id": r["image_id"],
-                        "path": r["path"],
-                        "reason": r["reason"],
-                        "detail": res.detail,
-                    }
-                )
-    manifest = _manifest_frame(rows, extras)
-    _check_accounting(manifest, tasks)
-    feats = (
-        pd.concat(features, ignore_index=True)
-        if features
-        else pd.DataFrame({"image_id": pd.Series([], dtype=str)})
-    )
+    no_features = pd.DataFrame({"image_id": pd.Series([], dtype=str)})
+    stream = parquet_stream(features_out, no_features) if features_out is not None else nullcontext(None)
+    with stream as append:
+        for chunk in map_chunks(ingest_file, tasks, executor, desc="ingest"):
+            ok = [res.features for res in chunk if res.features is not None]
+            if ok:  # columnar per chunk: a few times smaller than one dict per image
+                (append or features.append)(pd.DataFrame(ok))
+            for res in chunk:
+                rows.append(res.row)
+                if res.features is None:
+                    r = res.row
+                    rejected.append(
+                        {
+                            "image_id": r["image_id"],
+                            "path": r["path"],
+                            "reason": r["reason"],
+                            "detail": res.detail,
+                        }
+                    )
+        manifest = _manifest_frame(rows, extras)
+        _check_accounting(manifest, tasks)  # raises inside the block: no features file then
+    feats = None
+    if features_out is None:
+        feats = pd.concat(features, ignore_index=True) if features else no_features
     del features
     rejected_df = pd.DataFrame(rejected, columns=["image_id", "path", "reason", "detail"])
     metrics = ingest_metrics(manifest)

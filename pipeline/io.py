@@ -9,7 +9,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,54 @@ def write_parquet(df: pd.DataFrame, path: str | Path) -> None:
     :data:`ROW_GROUP_ROWS` rows."""
     with atomic_path(path) as tmp:
         df.to_parquet(tmp, index=False, row_group_size=ROW_GROUP_ROWS)
+
+
+@contextlib.contextmanager
+def parquet_stream(path: str | Path, empty: pd.DataFrame) -> Iterator[Callable[[pd.DataFrame], None]]:
+    """Append tables chunk by chunk to one parquet file without holding them all in memory.
+
+    Yields an ``append(df)`` function; rows are written in row groups of :data:`ROW_GROUP_ROWS`
+    (the schema is the first chunk's; later chunks are converted to it). Like every writer here
+    the file appears at ``path`` only if the ``with`` block ends without an exception. ``empty``
+    is written when no row was appended.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with atomic_path(path) as tmp:
+        state: dict[str, Any] = {"writer": None, "schema": None, "pending": [], "n": 0}
+
+        def write(rows: pd.DataFrame) -> None:
+            table = pa.Table.from_pandas(rows, schema=state["schema"], preserve_index=False)
+            if state["writer"] is None:
+                state["schema"] = table.schema
+                state["writer"] = pq.ParquetWriter(tmp, table.schema)
+            state["writer"].write_table(table, row_group_size=ROW_GROUP_ROWS)
+
+        def flush(final: bool) -> None:
+            if not state["pending"]:
+                return
+            rows = pd.concat(state["pending"], ignore_index=True)
+            full = len(rows) if final else len(rows) // ROW_GROUP_ROWS * ROW_GROUP_ROWS
+            if full:
+                write(rows.iloc[:full])
+            state["pending"] = [rows.iloc[full:].reset_index(drop=True)] if full < len(rows) else []
+            state["n"] = len(rows) - full
+
+        def append(df: pd.DataFrame) -> None:
+            state["pending"].append(df)
+            state["n"] += len(df)
+            if state["n"] >= ROW_GROUP_ROWS:
+                flush(final=False)
+
+        try:
+            yield append
+            flush(final=True)
+            if state["writer"] is None:
+                empty.to_parquet(tmp, index=False)
+        finally:
+            if state["writer"] is not None:
+                state["writer"].close()
 
 
 def write_csv(df: pd.DataFrame, path: str | Path) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 from pipeline.ingest import ingest
 from pipeline.io import write_csv, write_json, write_parquet
@@ -37,22 +38,25 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     params = load_params(args.params)
+    # features stream to their file as images are measured (never whole in memory)
     result = ingest(
         params.data.root,
         params.data.labels,
         params.ingest,
         params.executor,
         hashes=(params.dedup.hash_method,),
+        features_out=args.features,
     )
     if result.metrics["n_ok"] == 0:
+        Path(args.features).unlink(missing_ok=True)
         reasons = {k: v for k, v in result.metrics["rejected_by_reason"].items() if v}
         raise ValueError(
             f"{params.data.root}: no readable image ({result.metrics['n_files']} file(s) found, rejected: "
             f"{reasons}); ingest.extensions = {params.ingest.extensions}"
         )
-    # accounting was checked inside ingest(); write only complete, consistent outputs
+    # accounting was checked inside ingest() (before it committed the features file); write only
+    # complete, consistent outputs
     write_parquet(result.manifest, args.manifest)
-    write_parquet(result.features, args.features)
     write_csv(result.rejected, args.rejected)
     write_json(result.metrics, args.metrics)
     m = result.metrics

@@ -9,13 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from PIL import Image
 
+import pipeline.ingest
+import pipeline.io
 from pipeline.contract import MANIFEST_COLUMNS
 from pipeline.ingest import REASONS, ingest, read_labels_table, scan_files
-from pipeline.params import IngestParams, load_params, parse_params
+from pipeline.params import ExecutorParams, IngestParams, load_params, parse_params
 from tests.helpers import huge_png_header
 
 RNG = np.random.default_rng(1)
@@ -160,6 +163,35 @@ def test_class_per_folder_mode(tmp_path: Path):
     assert m.loc["nodule/y1.png", "patient_id"] == "y1"  # file stem when no DICOM PatientID
     assert m.loc["loose.png", "reason"] == "missing_label"
     assert (m.drop(index="loose.png")["status"] == "ok").all()
+
+
+def test_features_streamed_to_parquet_equal_the_in_memory_table(tmp_path: Path, monkeypatch):
+    root = tmp_path / "data"
+    for k in range(23):
+        (root / f"c{k % 2}").mkdir(parents=True, exist_ok=True)
+        (root / f"c{k % 2}" / f"img{k:02d}.png").write_bytes(png_bytes((24 + k, 30)))
+    (root / "c0" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # rejected: no features row
+    executor = ExecutorParams(n_workers=1, chunk_size=4)
+    in_memory = ingest(root, None, IngestParams(), executor).features
+    monkeypatch.setattr(pipeline.io, "ROW_GROUP_ROWS", 5)  # several row groups and a remainder
+    out = tmp_path / "features.parquet"
+    streamed = ingest(root, None, IngestParams(), executor, features_out=out)
+    assert streamed.features is None and streamed.metrics["n_ok"] == 23
+    assert pq.ParquetFile(out).metadata.num_row_groups == 5
+    pd.testing.assert_frame_equal(pd.read_parquet(out), in_memory)
+
+
+def test_a_failed_ingest_leaves_no_features_file(tmp_path: Path, monkeypatch):
+    (tmp_path / "data" / "c").mkdir(parents=True)
+    (tmp_path / "data" / "c" / "a.png").write_bytes(png_bytes())
+
+    def broken(*_args):
+        raise RuntimeError("manifest does not hold every file")
+
+    monkeypatch.setattr(pipeline.ingest, "_check_accounting", broken)
+    with pytest.raises(RuntimeError, match="every file"):
+        ingest(tmp_path / "data", None, IngestParams(), features_out=tmp_path / "features.parquet")
+    assert list(tmp_path.iterdir()) == [tmp_path / "data"]  # neither the file nor its temp
 
 
 @pytest.mark.parametrize("hashes", [("phash",), ("dhash", "ahash")])
