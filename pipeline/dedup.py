@@ -93,10 +93,9 @@ class DedupResult:
 # --- thumbnail similarity ---------------------------------------------------------------------
 
 
-def _thumbs_from_bytes(
-    thumbs: Sequence, sizes: Sequence, first_row: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """``thumb`` bytes of features.parquet as uint8 (n, s, s) and a mask of the rows that have one.
+def _thumbs_from_bytes(thumbs: Sequence, sizes: Sequence, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``thumb`` bytes of features.parquet as uint8 (n, s, s) and a mask of the rows that have one
+    (``rows``: their row numbers in the table, for error messages).
 
     Raises:
         ValueError: If the thumbnails do not all have one size, or a buffer has the wrong length.
@@ -110,9 +109,7 @@ def _thumbs_from_bytes(
     for k in np.flatnonzero(present):
         arr = np.frombuffer(thumbs[k], np.uint8)
         if arr.size != s * s:
-            raise ValueError(
-                f"features.parquet row {first_row + k}: thumb has {arr.size} bytes, expected {s * s}"
-            )
+            raise ValueError(f"features.parquet row {rows[k]}: thumb has {arr.size} bytes, expected {s * s}")
         out[k] = arr.reshape(s, s)
     return out, present
 
@@ -122,8 +119,9 @@ class Thumbnails:
 
     Confirmation needs the thumbnails of the candidate pairs only, so the stage does not load the
     column (1 KB per image, several times that while parquet decodes it): :meth:`from_parquet`
-    reads it one row group at a time (``pipeline.io.ROW_GROUP_ROWS``) and keeps the requested rows, and memory grows with the number of
-    candidates, not of images. :meth:`from_frame` serves an in-memory ``thumb`` column.
+    reads it one row group at a time (``pipeline.io.ROW_GROUP_ROWS`` rows) and keeps the requested
+    rows, so memory grows with the number of candidates, not of images. :meth:`from_frame` serves
+    an in-memory ``thumb`` column.
     """
 
     def __init__(self, thumbs: pd.Series | None = None, sizes: pd.Series | None = None, path=None):
@@ -142,7 +140,7 @@ class Thumbnails:
         (row numbers of the features table)."""
         rows = np.asarray(rows, np.int64)
         if self._path is None:
-            return _thumbs_from_bytes(self._thumbs.iloc[rows].tolist(), self._sizes.iloc[rows].tolist())
+            return _thumbs_from_bytes(self._thumbs.iloc[rows].tolist(), self._sizes.iloc[rows].tolist(), rows)
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -158,7 +156,7 @@ class Thumbnails:
                     thumbs = table.column("thumb").take(take).to_pylist()
                     sizes = table.column("thumb_size").take(take).to_pylist()
                     del table
-                    t, m = _thumbs_from_bytes(thumbs, [0 if v is None else v for v in sizes], start)
+                    t, m = _thumbs_from_bytes(thumbs, [0 if v is None else v for v in sizes], rows[lo:hi])
                     parts.append(t)
                     masks.append(m)
                 start = end

@@ -283,3 +283,19 @@ def test_pair_chunks_cover_every_pair_once_within_the_image_budget(max_images) -
         if max_images >= 2 and k + 1 < len(chunks):  # greedy: the next pair would not have fit
             nxt = chunks[k + 1][0]
             assert len(np.unique(np.concatenate([a[sel], b[sel], [a[nxt], b[nxt]]]))) > max_images
+
+
+def test_a_damaged_thumbnail_is_named_by_its_row(planted, tmp_path) -> None:
+    manifest, features, _ = planted
+    features = features.reset_index(drop=True)
+    row = int(features.index[features["image_id"] == "p0/resized.png"][0])  # a near copy: confirmed
+    features.loc[row, "thumb"] = b"\x00" * 10
+    io.write_parquet(features, tmp_path / "features.parquet")
+    with pytest.raises(ValueError, match=rf"features.parquet row {row}: thumb has 10 bytes, expected 1024"):
+        find_duplicates(
+            manifest,
+            features.drop(columns=["thumb", "thumb_size"]),
+            pd.DataFrame({"image_id": []}),
+            DedupParams(),
+            Thumbnails.from_parquet(tmp_path / "features.parquet"),
+        )
