@@ -144,7 +144,7 @@ class Thumbnails:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        parts, masks, start = [], [], 0
+        thumbs, sizes, start = [], [], 0
         with pq.ParquetFile(self._path) as pf:
             # one row group at a time, on this thread: memory is one group's column, not the file's
             for group in range(pf.metadata.num_row_groups):
@@ -153,23 +153,14 @@ class Thumbnails:
                 if hi > lo:
                     table = pf.read_row_group(group, columns=["thumb", "thumb_size"], use_threads=False)
                     take = rows[lo:hi] - start
-                    thumbs = table.column("thumb").take(take).to_pylist()
-                    sizes = table.column("thumb_size").take(take).to_pylist()
+                    thumbs += table.column("thumb").take(take).to_pylist()
+                    sizes += table.column("thumb_size").take(take).to_pylist()
                     del table
-                    t, m = _thumbs_from_bytes(thumbs, [0 if v is None else v for v in sizes], rows[lo:hi])
-                    parts.append(t)
-                    masks.append(m)
                 start = end
         pa.default_memory_pool().release_unused()  # give the decode buffers back to the system
-        if start <= (rows[-1] if rows.size else -1):
+        if rows.size and rows[-1] >= start:
             raise ValueError(f"{self._path}: {start} rows, asked for row {rows[-1]}")
-        if not parts:
-            return np.zeros((0, 32, 32), np.uint8), np.zeros(0, bool)
-        if len({p.shape[1:] for p in parts}) > 1:
-            raise ValueError(
-                f"features.parquet: expected one thumb_size, got {sorted({p.shape[1] for p in parts})}"
-            )
-        return np.concatenate(parts), np.concatenate(masks)
+        return _thumbs_from_bytes(thumbs, sizes, rows)
 
 
 def _zoom(thumbs: np.ndarray, factor: float) -> np.ndarray:

@@ -31,8 +31,9 @@ Derived / scale-free:
     scaling or brighter by an offset, so a dark image is not also "low contrast"),
     ``entropy`` (Shannon entropy in bits / 8, in [0, 1], 256-bin histogram over ``[0, 2**stored_bits)``),
     ``structure_snr`` (std of a Gaussian-smoothed copy (sigma 1 px on the copy whose longest side is
-    at most 128 px; a smaller image at its own size) over the std of the residual plus the quantization floor: near 1 for blank/noise-only images, high for real
-    content; unchanged by exposure scaling), ``flat_fraction`` (fraction of pixels within 2 % of the stored range of the median: near 1 for
+    at most 128 px; a smaller image at its own size) over the std of the residual plus the
+    quantization floor: near 1 for blank/noise-only images, high for real content; unchanged by
+    exposure scaling), ``flat_fraction`` (fraction of pixels within 2 % of the stored range of the median: near 1 for
     blank images), ``stored_bits`` (int: the smallest of 8/10/12/14/16 whose range holds the image's
     max; 8 for 8-bit images), ``full_scale`` (float: ``2**bit_depth - 1``).
 Blur (on the working copy, contrast-normalized so a dim image is not "blurry"):

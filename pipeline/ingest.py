@@ -401,10 +401,11 @@ def ingest(
     no_features = pd.DataFrame({"image_id": pd.Series([], dtype=str)})
     stream = parquet_stream(features_out, no_features) if features_out is not None else nullcontext(None)
     with stream as append:
+        keep = append or features.append  # to the file, or kept for the result
         for chunk in map_chunks(ingest_file, tasks, executor, desc="ingest"):
             ok = [res.features for res in chunk if res.features is not None]
             if ok:  # columnar per chunk: a few times smaller than one dict per image
-                (append or features.append)(pd.DataFrame(ok))
+                keep(pd.DataFrame(ok))
             for res in chunk:
                 rows.append(res.row)
                 if res.features is None:

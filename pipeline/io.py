@@ -104,39 +104,35 @@ def parquet_stream(path: str | Path, empty: pd.DataFrame) -> Iterator[Callable[[
     import pyarrow.parquet as pq
 
     with atomic_path(path) as tmp:
-        state: dict[str, Any] = {"writer": None, "schema": None, "pending": [], "n": 0}
-
-        def write(rows: pd.DataFrame) -> None:
-            table = pa.Table.from_pandas(rows, schema=state["schema"], preserve_index=False)
-            if state["writer"] is None:
-                state["schema"] = table.schema
-                state["writer"] = pq.ParquetWriter(tmp, table.schema)
-            state["writer"].write_table(table, row_group_size=ROW_GROUP_ROWS)
+        writer: pq.ParquetWriter | None = None
+        pending: list[pd.DataFrame] = []
 
         def flush(final: bool) -> None:
-            if not state["pending"]:
-                return
-            rows = pd.concat(state["pending"], ignore_index=True)
+            nonlocal writer, pending
+            rows = pd.concat(pending, ignore_index=True)
             full = len(rows) if final else len(rows) // ROW_GROUP_ROWS * ROW_GROUP_ROWS
             if full:
-                write(rows.iloc[:full])
-            state["pending"] = [rows.iloc[full:].reset_index(drop=True)] if full < len(rows) else []
-            state["n"] = len(rows) - full
+                schema = writer.schema if writer is not None else None
+                table = pa.Table.from_pandas(rows.iloc[:full], schema=schema, preserve_index=False)
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, table.schema)
+                writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+            pending = [rows.iloc[full:].reset_index(drop=True)] if full < len(rows) else []
 
         def append(df: pd.DataFrame) -> None:
-            state["pending"].append(df)
-            state["n"] += len(df)
-            if state["n"] >= ROW_GROUP_ROWS:
+            pending.append(df)
+            if sum(len(p) for p in pending) >= ROW_GROUP_ROWS:
                 flush(final=False)
 
         try:
             yield append
-            flush(final=True)
-            if state["writer"] is None:
+            if pending:
+                flush(final=True)
+            if writer is None:
                 empty.to_parquet(tmp, index=False)
         finally:
-            if state["writer"] is not None:
-                state["writer"].close()
+            if writer is not None:
+                writer.close()
 
 
 def write_csv(df: pd.DataFrame, path: str | Path) -> None:
