@@ -6,7 +6,7 @@ For each (arch, image size) it measures images/s of
   device and already normalized (the ceiling);
 * ``full``: the real path of ``pipeline.train.fit_model``: uint8 NHWC array ->
   AugmentedDataset (albumentations policy) -> DataLoader (workers, pinned memory) -> device ->
-  apply_normalizer -> mixup -> the same step.
+  Normalizer.apply -> mixup -> the same step.
 
 On a GPU the loader should keep up: ``full / model_only >= 0.9``. Synthetic uint8 images stand in
 for data/processed, so no pipeline stage has to run first.
@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline import train as tr  # noqa: E402
 from pipeline.augment import AugmentedDataset, build_policy  # noqa: E402
+from pipeline.inference import autocast, select_device, to_model_input  # noqa: E402
 from pipeline.mixup import mix_batch, smooth_targets, soft_cross_entropy  # noqa: E402
 from pipeline.models import build_model  # noqa: E402
 from pipeline.normalize import fit_normalizer  # noqa: E402
@@ -48,7 +49,7 @@ def _setup(arch: str, channels: int, device: torch.device, amp: bool):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=device.type == "cuda")
 
     def step(x: torch.Tensor, targets: torch.Tensor) -> None:
-        with tr._autocast(device, amp):
+        with autocast(device, amp):
             logits = model(x)
         loss = soft_cross_entropy(logits.float(), targets)
         opt.zero_grad(set_to_none=True)
@@ -83,14 +84,10 @@ def bench_full(arch, size, channels, batch, steps, device, amp, num_workers) -> 
     normalizer = fit_normalizer([images[:64]], mode="standardize", max_value=255, channels=channels)
     policy = build_policy(AugmentParams(domain="chest_xray"), channels=channels, image_shape=(size, size))
     dataset = AugmentedDataset(images, labels, policy, seed=0)
-    sampler = tr.EpochSampler(
-        torch.utils.data.RandomSampler(dataset, generator=torch.Generator().manual_seed(0))
+    config = tr.TrainConfig(batch_size=batch, num_workers=num_workers, seed=0)
+    loader = tr.make_loader(
+        dataset, config, torch.Generator().manual_seed(0), distributed=False, pin_memory=device.type == "cuda"
     )
-    loader = torch.utils.data.DataLoader(
-        tr.EpochIndexed(dataset), batch_size=batch, sampler=sampler, drop_last=True,
-        num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=device.type == "cuda",
-        collate_fn=tr.collate_uint,
-    )  # fmt: skip
     gen = torch.Generator().manual_seed(0)
     it = iter(loader)
     t = None
@@ -98,7 +95,7 @@ def bench_full(arch, size, channels, batch, steps, device, amp, num_workers) -> 
         if i == 2:  # the first batches pay for worker start-up
             _sync(device)
             t = time.perf_counter()
-        x = tr.to_model_input(x_uint, normalizer, device)
+        x = to_model_input(x_uint, normalizer, device)
         targets = smooth_targets(y.to(device, non_blocking=True), 3, 0.05)
         x, targets = mix_batch(x, targets, 0.2, 0.0, gen)
         step(x, targets)
@@ -117,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--no-amp", action="store_true")
     args = ap.parse_args(argv)
-    device = tr.select_device(args.device)
+    device = select_device(args.device)
     cuda = device.type == "cuda"
     batch = args.batch_size or (256 if cuda else 32)
     steps = args.steps or (30 if cuda else 3)

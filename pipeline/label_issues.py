@@ -12,7 +12,7 @@ Two auditor models produce the out-of-fold probabilities:
   such as lungs) -> standardization -> logistic regression.
   CPU-friendly; seconds on a few thousand 64x64 images.
 - ``cnn``: the training architecture (``pipeline.models.build_model``) trained per fold by
-  ``pipeline.train.fit_model`` with a short schedule, no augmentation, no mixup and no label
+  ``pipeline.train.fit_model`` with a short schedule (:func:`auditor_config`), no augmentation, no mixup and no label
   smoothing (soft or mixed targets would blur exactly the disagreement we look for).
 
 ``auto`` picks ``cnn`` when CUDA is available, or on CPU when the CNN work
@@ -27,10 +27,11 @@ with reason ``duplicate_label_conflict`` (whether or not they reached the proces
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import cv2
 import numpy as np
@@ -43,6 +44,12 @@ from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
+
+from pipeline.params import Params
+from pipeline.processed import Normalizer
+
+if TYPE_CHECKING:  # torch stays out of the import when the linear auditor is used
+    from pipeline.train import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -296,15 +303,12 @@ def oof_cnn(
     labels: np.ndarray,
     folds: np.ndarray,
     n_classes: int,
-    normalizer: Any,
+    normalizer: Normalizer,
     *,
     arch: str,
     width: int,
     dropout: float,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    weight_decay: float,
+    config: TrainConfig,
     device: str,
     seed: int,
 ) -> np.ndarray:
@@ -318,10 +322,9 @@ def oof_cnn(
         labels: (N,) class indices.
         folds: (N,) fold index per row.
         n_classes: K.
-        normalizer: The fitted normalizer object (``pipeline.normalize.load_normalizer``).
+        normalizer: The fitted train normalizer.
         arch, width, dropout: ``params.model``.
-        epochs: ``label_issues.cnn_epochs``.
-        batch_size, lr, weight_decay: From ``params.train``.
+        config: The short training schedule (:func:`auditor_config`); its seed is replaced per fold.
         device: "cpu", "cuda" or "mps".
         seed: Base seed; fold k uses ``seed + k``.
 
@@ -330,8 +333,9 @@ def oof_cnn(
     """
     import torch
 
+    from pipeline.inference import predict_proba
     from pipeline.models import build_model
-    from pipeline.train import fit_model, predict_proba
+    from pipeline.train import fit_model
 
     pred = np.zeros((images.shape[0], n_classes), np.float64)
     for k in tqdm(np.unique(folds), desc="label_issues cnn folds", leave=False):
@@ -342,24 +346,30 @@ def oof_cnn(
         model = build_model(
             arch, in_channels=images.shape[3], n_classes=n_classes, width=width, dropout=dropout
         )
-        model = fit_model(
-            model,
-            np.asarray(images[fit]),
-            labels[fit],
-            normalizer,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            weight_decay=weight_decay,
-            warmup_epochs=1 if epochs > 2 else 0,
-            mixup_alpha=0.0,  # soft/mixed targets would blur the very disagreement we look for
-            cutmix_alpha=0.0,
-            label_smoothing=0.0,
-            device=device,
-            seed=fold_seed,
+        fold_config = dataclasses.replace(config, seed=fold_seed)
+        model = fit_model(model, np.asarray(images[fit]), labels[fit], normalizer, fold_config, device=device)
+        pred[held] = predict_proba(
+            model, np.asarray(images[held]), normalizer, device, config.eval_batch_size
         )
-        pred[held] = predict_proba(model, np.asarray(images[held]), normalizer, device, max(256, batch_size))
     return pred
+
+
+def auditor_config(params: Params) -> TrainConfig:
+    """The CNN auditor's short schedule: ``label_issues.cnn_epochs`` epochs with the train stage's
+    batch size, learning rate and weight decay, and no mixup, cutmix or label smoothing (soft or
+    mixed targets would blur the very disagreement we look for)."""
+    from pipeline.train import TrainConfig
+
+    epochs = params.label_issues.cnn_epochs
+    t = params.train
+    return TrainConfig(
+        epochs=epochs,
+        batch_size=t.batch_size,
+        lr=t.lr,
+        weight_decay=t.weight_decay,
+        warmup_epochs=1 if epochs > 2 else 0,
+        seed=params.seed,
+    )
 
 
 def choose_auditor(

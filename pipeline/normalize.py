@@ -13,7 +13,9 @@ Storage (``data/processed/``, written by :func:`build_processed`):
 * ``meta.json``: ``classes`` (sorted; ``label_index`` indexes it), ``channels``,
   ``image_size``, ``dtype``, ``max_value`` (full scale of the stored values), ``aspect``,
   ``n_images`` per split.
-* ``normalizer.json``: the fitted normalizer (a plain dict, see :func:`apply_normalizer`).
+* ``normalizer.json``: the fitted :class:`pipeline.processed.Normalizer` (its ``to_dict``).
+
+Reading these files is :class:`pipeline.processed.ProcessedData`'s job; this module writes them.
 
 Resizing: ``aspect`` ``pad`` (default: scale the longer side to ``image_size`` and pad the
 shorter one with black, centred; nothing is cut off and anatomy keeps its proportions),
@@ -32,10 +34,8 @@ otherwise they are scaled to 0..255.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,12 +46,11 @@ import pandas as pd
 
 from pipeline.contract import SPLITS, included
 from pipeline.params import ExecutorParams, NormalizeParams
+from pipeline.processed import EPS, MODES, Normalizer
 
 log = logging.getLogger(__name__)
 
-MODES = ("scale01", "center", "standardize", "percentile", "per_image_zscore")
 INDEX_COLUMNS = ["image_id", "label", "patient_id", "group_id", "label_index"]
-_EPS = 1e-6
 
 
 # --------------------------------------------------------------------------------------------
@@ -238,7 +237,7 @@ def fit_normalizer(
     max_value: int,
     channels: int,
     percentile_range: tuple[float, float] = (0.005, 0.995),
-) -> dict[str, Any]:
+) -> Normalizer:
     """Fit the normalizer on train pixels.
 
     Args:
@@ -250,8 +249,7 @@ def fit_normalizer(
         percentile_range: ``(p_low, p_high)`` in [0, 1] for ``percentile``.
 
     Returns:
-        JSON-able dict: ``mode, max_value, channels, mean, std, low, high (per channel, raw
-        units), percentile_range, n_images, n_pixels, fitted_on``.
+        The :class:`Normalizer` (``mean, std, low, high`` per channel, raw units).
 
     Raises:
         ValueError: Unknown mode or no train pixels.
@@ -269,152 +267,25 @@ def fit_normalizer(
         raise ValueError("normalize: cannot fit the normalizer: the train split has no images")
     mean = stats.sum / n_pix
     std = np.sqrt(np.maximum(stats.sumsq / n_pix - mean**2, 0.0))
-    if (std < _EPS).any():
+    if (std < EPS).any():
         log.warning("normalize: a channel of the train pixels is constant; its std is set to 1")
-        std = np.where(std < _EPS, 1.0, std)
+        std = np.where(std < EPS, 1.0, std)
     low = stats.percentile(percentile_range[0])
     high = stats.percentile(percentile_range[1])
     high = np.where(high <= low, low + 1.0, high)
-    return {
-        "mode": mode,
-        "max_value": float(max_value),
-        "channels": int(channels),
-        "mean": [float(v) for v in mean],
-        "std": [float(v) for v in std],
-        "low": [float(v) for v in low],
-        "high": [float(v) for v in high],
-        "percentile_range": [float(percentile_range[0]), float(percentile_range[1])],
-        "n_images": int(stats.n_images),
-        "n_pixels": n_pix,
-        "fitted_on": "train",
-    }
-
-
-# --------------------------------------------------------------------------------------------
-# The one function that applies it
-# --------------------------------------------------------------------------------------------
-
-
-def apply_normalizer(x: Any, normalizer: dict[str, Any], channel_axis: int | None = None) -> Any:
-    """Normalize raw-unit pixels: the ONE function used by training, label issues and evaluation.
-
-    Input values are raw stored units (0..``max_value``, i.e. the uint8/uint16 values of the
-    ``.npy`` arrays, as integers or floats). Output is float32:
-
-    * ``scale01``: ``x / max_value`` in [0, 1].
-    * ``center``: ``(x - mean_c) / max_value`` (train per-channel mean removed, unit scale kept).
-    * ``standardize``: ``(x - mean_c) / std_c`` (train per-channel mean and std).
-    * ``percentile``: ``(clip(x, low_c, high_c) - low_c) / (high_c - low_c)`` in [0, 1], with
-      ``low_c, high_c`` the train per-channel ``percentile_range`` quantiles (a fixed window,
-      like a CT/radiograph window).
-    * ``per_image_zscore``: ``(x - mean) / (std + 1e-6)`` over all pixels and channels of each
-      image; nothing from train is used.
-
-    Args:
-        x: A torch tensor (any device; layout ``(N, C, H, W)`` or ``(C, H, W)``) or a numpy array
-            (layout ``(N, H, W, C)`` or ``(H, W, C)``). Integer inputs are cast to float32 first.
-            torch is never imported here: a tensor implies it already is.
-        normalizer: The dict from :func:`fit_normalizer` / :func:`load_normalizer`.
-        channel_axis: Override the channel axis (default ``-3`` for torch, ``-1`` for numpy).
-
-    Returns:
-        Same type, device and layout as ``x``, dtype float32.
-
-    Raises:
-        ValueError: Unknown mode, or the channel axis does not have ``normalizer["channels"]`` entries.
-    """
-    mode = normalizer.get("mode")
-    if mode not in MODES:
-        raise ValueError(f"normalizer: expected mode in {list(MODES)}, got {mode!r}")
-    torch = sys.modules.get("torch")
-    is_torch = torch is not None and isinstance(x, torch.Tensor)
-    if is_torch:
-        x = x.to(torch.float32)
-        axis = -3 if channel_axis is None else channel_axis
-    else:
-        x = np.asarray(x).astype(np.float32, copy=True)
-        axis = -1 if channel_axis is None else channel_axis
-    n_ch = int(normalizer["channels"])
-    if x.shape[axis] != n_ch:
-        raise ValueError(
-            f"apply_normalizer: expected {n_ch} channel(s) on axis {axis} "
-            f"({'N,C,H,W torch' if is_torch else 'N,H,W,C numpy'}), got shape {tuple(x.shape)}"
-        )
-
-    def per_channel(values: list[float]) -> Any:
-        shape = [1] * x.ndim
-        shape[axis] = n_ch
-        arr = np.asarray(values, dtype=np.float32).reshape(shape)
-        return torch.as_tensor(arr, device=x.device) if is_torch else arr
-
-    max_value = float(normalizer["max_value"])
-    if mode == "scale01":
-        return x / max_value
-    if mode == "center":
-        return (x - per_channel(normalizer["mean"])) / max_value
-    if mode == "standardize":
-        return (x - per_channel(normalizer["mean"])) / per_channel(normalizer["std"])
-    if mode == "percentile":
-        low, high = per_channel(normalizer["low"]), per_channel(normalizer["high"])
-        x = torch.minimum(torch.maximum(x, low), high) if is_torch else np.clip(x, low, high)
-        return (x - low) / (high - low)
-    # per_image_zscore: statistics over every axis but the batch axis (all axes for one image).
-    dims = tuple(range(1, x.ndim)) if x.ndim == 4 else tuple(range(x.ndim))
-    if is_torch:
-        mean = x.mean(dim=dims, keepdim=True)
-        std = x.std(dim=dims, keepdim=True, unbiased=False)
-    else:
-        mean = x.mean(axis=dims, keepdims=True)
-        std = x.std(axis=dims, keepdims=True)
-    return (x - mean) / (std + _EPS)
-
-
-# --------------------------------------------------------------------------------------------
-# Loading
-# --------------------------------------------------------------------------------------------
-
-
-def _file(path: str | Path, name: str) -> Path:
-    path = Path(path)
-    return path / name if path.is_dir() else path
-
-
-def load_normalizer(path: str | Path) -> dict[str, Any]:
-    """Read ``normalizer.json`` (a file path, or the processed folder). Returns the plain dict."""
-    path = _file(path, "normalizer.json")
-    norm = json.loads(path.read_text(encoding="utf-8"))
-    missing = [k for k in ("mode", "max_value", "channels", "mean", "std", "low", "high") if k not in norm]
-    if missing or norm.get("mode") not in MODES:
-        raise ValueError(f"{path}: not a normalizer (missing {missing}, mode {norm.get('mode')!r})")
-    return norm
-
-
-def load_meta(path: str | Path) -> dict[str, Any]:
-    """Read ``meta.json`` (a file path, or the processed folder)."""
-    return json.loads(_file(path, "meta.json").read_text(encoding="utf-8"))
-
-
-def load_split(processed_dir: str | Path, split: str) -> tuple[np.ndarray, pd.DataFrame]:
-    """The images and index of one split.
-
-    Returns:
-        ``(images, index)``: a read-only memmap ``(N, H, W, C)`` (uint8/uint16) and the
-        DataFrame ``image_id, label, patient_id, group_id, label_index`` whose row ``i``
-        describes ``images[i]``.
-
-    Raises:
-        ValueError: Unknown split, or array and index lengths differ.
-    """
-    if split not in SPLITS:
-        raise ValueError(f"load_split: expected split in {list(SPLITS)}, got {split!r}")
-    processed_dir = Path(processed_dir)
-    images = np.load(processed_dir / f"{split}.npy", mmap_mode="r")
-    index = pd.read_parquet(processed_dir / f"{split}.parquet")
-    if len(index) != images.shape[0]:
-        raise ValueError(
-            f"{processed_dir}/{split}.npy has {images.shape[0]} images but {split}.parquet has {len(index)} rows"
-        )
-    return images, index
+    return Normalizer(
+        mode=mode,
+        max_value=float(max_value),
+        channels=int(channels),
+        mean=tuple(float(v) for v in mean),
+        std=tuple(float(v) for v in std),
+        low=tuple(float(v) for v in low),
+        high=tuple(float(v) for v in high),
+        percentile_range=(float(percentile_range[0]), float(percentile_range[1])),
+        n_images=int(stats.n_images),
+        n_pixels=n_pix,
+        fitted_on="train",
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -582,12 +453,12 @@ def build_processed(
         "n_images": {s: per_split[s]["n_images"] for s in SPLITS},
     }
     write_json(meta, out_dir / "meta.json")
-    write_json(normalizer, out_dir / "normalizer.json")
+    write_json(normalizer.to_dict(), out_dir / "normalizer.json")
     return {
         **{k: meta[k] for k in ("channels", "image_size", "dtype", "max_value", "aspect")},
         "n_classes": len(classes),
         "mode": params.mode,
         "splits": per_split,
-        "normalizer": {k: normalizer[k] for k in ("mean", "std", "low", "high", "n_images")},
+        "normalizer": {k: normalizer.to_dict()[k] for k in ("mean", "std", "low", "high", "n_images")},
         "bytes": int(sum(os.path.getsize(out_dir / f"{s}.npy") for s in SPLITS)),
     }

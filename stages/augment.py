@@ -1,6 +1,6 @@
 """augment stage: build the domain augmentation policy, save it, and draw a preview.
 
-Reads:  <processed>/train.npy (+ index) via pipeline.normalize.load_split: channel count and image
+Reads:  <processed>/train.npy (+ index) via pipeline.processed.ProcessedData: channel count and image
         size for the policy, sample images for the preview.
 Writes: <policy> (models/augment/policy.json): albumentations serialization; training loads it
         with pipeline.augment.load_policy (or A.from_dict). An extra "augment" key records the
@@ -19,8 +19,8 @@ import logging
 
 from pipeline.augment import build_policy, make_preview, policy_to_dict
 from pipeline.io import write_json, write_png
-from pipeline.normalize import load_split
 from pipeline.params import load_params
+from pipeline.processed import ProcessedData
 from stages._cli import run
 
 logger = logging.getLogger("stages.augment")
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     params = load_params(args.params)
     cfg = params.augment
-    images, _ = load_split(args.processed, "train")
+    images, _ = ProcessedData(args.processed).split("train")
     if images.ndim != 4:
         raise ValueError(
             f"{args.processed}/train.npy: expected (N, H, W, C) images, got shape {images.shape}"

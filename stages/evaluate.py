@@ -17,10 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import evaluate as ev
+from pipeline.checkpoint import Checkpoint
+from pipeline.errors import InputError
+from pipeline.inference import predict_proba, select_device
 from pipeline.io import write_csv, write_json
-from pipeline.normalize import load_meta, load_normalizer, load_split
 from pipeline.params import load_params
-from pipeline.train import load_checkpoint, model_from_checkpoint, predict_proba, select_device
+from pipeline.processed import ProcessedData
 from stages._cli import run
 
 
@@ -33,19 +35,20 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params(args.params)
     p = params.evaluate
 
-    ckpt = load_checkpoint(args.model)
-    classes = list(ckpt["classes"])
-    if list(load_meta(args.processed)["classes"]) != classes:
-        raise ValueError(
+    ckpt = Checkpoint.load(args.model)
+    classes = ckpt.classes
+    processed = ProcessedData(args.processed)
+    if processed.classes != classes:
+        raise InputError(
             f"{args.model}: classes {classes} differ from {args.processed / 'meta.json'}; retrain"
         )
-    normalizer = load_normalizer(args.processed / "normalizer.json")
-    if normalizer != ckpt["normalizer"]:
-        raise ValueError(f"{args.model}: trained with a different normalizer than {args.processed}; retrain")
-    test_x, test_idx = load_split(args.processed, "test")
+    normalizer = processed.normalizer()
+    if normalizer != ckpt.normalizer:
+        raise InputError(f"{args.model}: trained with a different normalizer than {args.processed}; retrain")
+    test_x, test_idx = processed.split("test")
     labels = test_idx["label_index"].to_numpy(np.int64)
 
-    model = model_from_checkpoint(ckpt)
+    model = ckpt.build_model()
     probs = predict_proba(model, test_x, normalizer, select_device(p.device), p.batch_size)
     metrics = ev.evaluate_predictions(
         labels, probs, test_idx["patient_id"].to_numpy(), classes, n_bootstrap=p.n_bootstrap,

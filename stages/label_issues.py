@@ -21,8 +21,8 @@ import pandas as pd
 from pipeline import label_issues as li
 from pipeline.contract import SPLITS, STATUS_OK
 from pipeline.io import write_csv, write_json, write_parquet, write_png
-from pipeline.normalize import apply_normalizer, load_meta, load_normalizer, load_split
 from pipeline.params import load_params
+from pipeline.processed import ProcessedData
 from stages._cli import run
 
 
@@ -45,31 +45,30 @@ def main(argv: list[str] | None = None) -> int:
     p = params.label_issues
     t0 = time.perf_counter()
 
-    meta = load_meta(args.processed)
-    classes = list(meta["classes"])
-    data = {s: load_split(args.processed, s) for s in SPLITS if (args.processed / f"{s}.parquet").exists()}
+    processed = ProcessedData(args.processed)
+    classes = processed.classes
+    data = {s: processed.split(s) for s in SPLITS if processed.has_split(s)}
     missing = [s for s in p.splits if s not in data]
     if missing:
         raise ValueError(f"label_issues.splits: {missing} not found in {args.processed}")
     index = pd.concat([data[s][1].assign(split=s) for s in p.splits], ignore_index=True)
-    normalizer = load_normalizer(args.processed / "normalizer.json")
+    normalizer = processed.normalizer()
 
-    from pipeline.train import select_device  # imports torch: only the training-side stages do
+    from pipeline.inference import select_device  # imports torch: only the training-side stages do
 
     device = select_device(params.train.device)
     auditor = li.choose_auditor(
-        p.auditor, len(index), int(meta["image_size"]), p.n_folds, p.cnn_epochs, device.type == "cuda",
+        p.auditor, len(index), processed.image_size, p.n_folds, p.cnn_epochs, device.type == "cuda",
         p.cnn_cpu_budget,
     )  # fmt: skip
     logging.info("auditing %d images of %s with the %s auditor on %s", len(index), p.splits, auditor, device)
     cnn_kwargs = dict(
         normalizer=normalizer, arch=params.model.arch, width=params.model.width, dropout=params.model.dropout,
-        epochs=p.cnn_epochs, batch_size=params.train.batch_size, lr=params.train.lr,
-        weight_decay=params.train.weight_decay, device=device,
+        config=li.auditor_config(params), device=device,
     )  # fmt: skip
     folds, pred, is_issue, quality = li.find_label_issues_oof(
         [data[s][0] for s in p.splits], index, classes, auditor=auditor, n_folds=p.n_folds, seed=params.seed,
-        normalize=lambda x: apply_normalizer(x, normalizer), linear_c=p.linear_c, cnn_kwargs=cnn_kwargs,
+        normalize=normalizer.apply, linear_c=p.linear_c, cnn_kwargs=cnn_kwargs,
     )  # fmt: skip
 
     manifest = pd.read_parquet(args.manifest, columns=["image_id", "label", "status"])

@@ -1,6 +1,6 @@
 """Stage train: fit the CNN on the train split, early-stop on val, keep the best checkpoint.
 
-Reads:  <processed>/{train,val}.npy + .parquet, normalizer.json, meta.json (pipeline.normalize),
+Reads:  <processed>/{train,val}.npy + .parquet, normalizer.json, meta.json (pipeline.processed),
         the augmentation policy (models/augment/policy.json), data/interim/label_issues.parquet
         (train rows with is_dropped are left out; the file may be absent).
 Writes: the checkpoint (models/model.pt, atomically, on every improvement), dvclive curves
@@ -23,10 +23,13 @@ import torch
 
 from pipeline import train as tr
 from pipeline.augment import AugmentedDataset, load_policy
+from pipeline.checkpoint import Checkpoint, ModelSpec
+from pipeline.distributed import cleanup_distributed, setup_distributed
 from pipeline.io import write_json
+from pipeline.live import log_live, open_live
 from pipeline.models import build_model
-from pipeline.normalize import load_meta, load_normalizer, load_split
 from pipeline.params import load_params
+from pipeline.processed import ProcessedData
 from stages._cli import run
 
 
@@ -37,14 +40,14 @@ def main(argv: list[str] | None = None) -> int:
         ap.add_argument(flag, type=Path, required=True)
     args = ap.parse_args(argv)
     params = load_params(args.params)
-    p, m, a = params.train, params.model, params.augment
+    m = params.model
     t0 = time.perf_counter()
-    run = tr.setup_distributed(p.device)
+    dist_info = setup_distributed(params.train.device)
     try:
-        classes = list(load_meta(args.processed)["classes"])
-        normalizer = load_normalizer(args.processed / "normalizer.json")
-        train_x, train_idx = load_split(args.processed, "train")
-        val_x, val_idx = load_split(args.processed, "val")
+        data = ProcessedData(args.processed)
+        normalizer = data.normalizer()
+        train_x, train_idx = data.split("train")
+        val_x, val_idx = data.split("val")
         issues = pd.read_parquet(args.label_issues) if args.label_issues.exists() else None
         keep = ~tr.dropped_mask(train_idx, issues)
         n_dropped = int((~keep).sum())
@@ -53,49 +56,47 @@ def main(argv: list[str] | None = None) -> int:
         labels = train_idx["label_index"].to_numpy(np.int64)
 
         torch.manual_seed(params.seed)  # initial weights; DDP then broadcasts rank 0's
-        model = build_model(m.arch, train_x.shape[3], len(classes), m.width, m.dropout, m.weights_path)
+        model = build_model(m.arch, train_x.shape[3], len(data.classes), m.width, m.dropout, m.weights_path)
+        spec = ModelSpec(m.arch, int(train_x.shape[3]), len(data.classes), m.width, m.dropout)
         dataset = AugmentedDataset(train_x, labels, load_policy(args.policy), params.seed)
-        ckpt_info = dict(
-            arch=m.arch, in_channels=train_x.shape[3], width=m.width, dropout=m.dropout, classes=classes,
-            normalizer=normalizer, params=params.model_dump(mode="json"),
-        )  # fmt: skip
         history: list[dict] = []
         best: dict = {}
-        live = tr.open_live(args.live) if run.is_main else None
+        live = open_live(args.live) if dist_info.is_main else None
+
+        def save(record: dict, state: dict | None = None) -> None:
+            ckpt = Checkpoint.of(
+                model, spec, data.classes, normalizer, params=params.model_dump(mode="json"), record=record,
+                state_dict=state,
+            )  # fmt: skip
+            ckpt.save(args.model)
 
         def on_epoch_end(record: dict) -> None:
             history.append(record)
             if live is not None:
-                tr.log_live(live, record)
+                log_live(live, record)
 
         def on_best(record: dict, state: dict) -> None:
             best.update(record)
-            if run.is_main:
-                ckpt = tr.make_checkpoint(
-                    model, **ckpt_info, epoch=record["epoch"], val_metrics=record, state_dict=state
-                )
-                tr.save_checkpoint(ckpt, args.model)
+            if dist_info.is_main:
+                save(record, state)
 
         tr.fit_model(
-            model, train_x, labels, normalizer, val_images=val_x, val_labels=val_idx["label_index"].to_numpy(np.int64),
-            epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay,
-            warmup_epochs=p.warmup_epochs, dataset=dataset, mixup_alpha=a.mixup_alpha, cutmix_alpha=a.cutmix_alpha,
-            label_smoothing=a.label_smoothing, class_weights=p.class_weights, patience=p.patience,
-            monitor=p.monitor, device=run.device, seed=params.seed, num_workers=p.num_workers, amp=p.amp,
-            distributed=run.is_distributed, on_epoch_end=on_epoch_end, on_best=on_best,
+            model, train_x, labels, normalizer, tr.TrainConfig.from_params(params),
+            val_images=val_x, val_labels=val_idx["label_index"].to_numpy(np.int64), dataset=dataset,
+            device=dist_info.device, distributed=dist_info.is_distributed, on_epoch_end=on_epoch_end,
+            on_best=on_best,
         )  # fmt: skip
-        if run.is_main:
+        if dist_info.is_main:
             if not best:  # no validation set (or metric never defined): keep the last weights
                 best = history[-1]
-                tr.save_checkpoint(
-                    tr.make_checkpoint(model, **ckpt_info, epoch=best["epoch"], val_metrics=best), args.model
-                )
+                save(best)
             live.end()
             metrics = tr.train_summary(history, best, n_train=len(labels), n_dropped=n_dropped, n_val=len(val_idx),
-                                       device=run.device, world_size=run.world_size, seconds=time.perf_counter() - t0)  # fmt: skip
+                                       device=dist_info.device, world_size=dist_info.world_size,
+                                       seconds=time.perf_counter() - t0)  # fmt: skip
             write_json(metrics, args.metrics)
     finally:
-        tr.cleanup_distributed()
+        cleanup_distributed()
     return 0
 
 

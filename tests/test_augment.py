@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import collections
-import importlib.util
 import json
 import logging
-import sys
-import types
 import typing
 from pathlib import Path
 
@@ -220,28 +217,8 @@ def test_augmented_batches_do_not_depend_on_num_workers() -> None:
     assert torch.equal(plain[3][0], torch.from_numpy(images[3].transpose(2, 0, 1)))
 
 
-def _install_load_split_shim(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Until pipeline/normalize.py lands (normalize owner), stand in for its load_split."""
-    if importlib.util.find_spec("pipeline.normalize") is not None:
-        return
-    module = types.ModuleType("pipeline.normalize")
-
-    def load_split(processed_dir, split):  # noqa: ANN001, ANN202 - test stand-in
-        processed_dir = Path(processed_dir)
-        return (
-            np.load(processed_dir / f"{split}.npy", mmap_mode="r"),
-            pd.read_parquet(processed_dir / f"{split}.parquet"),
-        )
-
-    module.load_split = load_split
-    monkeypatch.setitem(sys.modules, "pipeline.normalize", module)
-
-
 @pytest.mark.parametrize(("domain", "channels"), [("chest_xray", 1), ("dermoscopy", 3)])
-def test_stage_writes_policy_and_preview(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, domain: str, channels: int
-) -> None:
-    _install_load_split_shim(monkeypatch)
+def test_stage_writes_policy_and_preview(tmp_path: Path, domain: str, channels: int) -> None:
     from stages.augment import main
 
     n, size = 5, 24

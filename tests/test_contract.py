@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import re
+import ast
 from pathlib import Path
 
 import pytest
@@ -55,15 +55,64 @@ def test_stage_params_exist(name):
             node = node[part]
 
 
+def _imported_modules(path: Path) -> set[str]:
+    """Project modules (``pipeline/x.py``, ``stages/x.py``) that ``path`` imports anywhere: at the top,
+    inside functions, or under ``TYPE_CHECKING``."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            # ``from pipeline import x`` imports the module pipeline/x.py when there is one
+            names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+        else:
+            continue
+        for name in names:
+            parts = name.split(".")
+            if (
+                len(parts) == 2
+                and parts[0] in ("pipeline", "stages")
+                and (ROOT / f"{parts[0]}/{parts[1]}.py").is_file()
+            ):
+                found.add(f"{parts[0]}/{parts[1]}.py")
+    return found
+
+
+def import_closure(script: str) -> set[str]:
+    """Every project module that running ``script`` can import, transitively (the script included)."""
+    seen, todo = set(), [script]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        todo.extend(_imported_modules(ROOT / path) - seen)
+    return seen
+
+
+def code_deps(name: str) -> list[str]:
+    """What ``deps`` must list for stage ``name``: its script and its import closure, in order."""
+    closure = import_closure(f"stages/{name}.py")
+    return sorted(closure, key=lambda p: (not p.startswith("stages/"), p))
+
+
 @pytest.mark.parametrize("name", STAGE_ORDER)
-def test_stage_imports_only_modules_it_depends_on(name):
-    """A stage that imports pipeline.X must list pipeline/X.py in deps, so DVC reruns it."""
-    text = (ROOT / f"stages/{name}.py").read_text()
-    imported = set(re.findall(r"from pipeline\.(\w+) import|import pipeline\.(\w+)", text))
-    modules = {a or b for a, b in imported} - {"params", "io", "contract"}
-    deps = set(DVC["stages"][name]["deps"])
-    missing = sorted(m for m in modules if f"pipeline/{m}.py" not in deps)
-    assert not missing, f"stage {name} imports {missing} but dvc.yaml deps lack them"
+def test_stage_code_deps_are_its_import_closure(name):
+    """deps list exactly the code the stage runs, so DVC reruns it when any of that code changes
+    (and only then): the script, the shared stage helper and every pipeline/ module it imports,
+    directly or through other modules, at the top or inside functions."""
+    code = {d for d in DVC["stages"][name]["deps"] if d.startswith(("pipeline/", "stages/"))}
+    expected = set(code_deps(name))
+    assert code == expected, (
+        f"stage {name}: dvc.yaml deps lack {sorted(expected - code)} and list {sorted(code - expected)} "
+        f"that it does not import"
+    )
+
+
+def test_import_closure_sees_imports_inside_functions():
+    """The closure follows imports inside functions (label_issues imports the training loop lazily)."""
+    closure = import_closure("stages/label_issues.py")
+    assert {"pipeline/train.py", "pipeline/mixup.py", "pipeline/augment.py"} <= closure
 
 
 def test_every_params_section_is_modelled():

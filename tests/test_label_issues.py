@@ -186,7 +186,7 @@ def _write_processed(tmp_path, imgs, index):
             ["image_id", "label", "patient_id", "group_id", "label_index"]
         ].to_parquet(proc / f"{split}.parquet", index=False)
     norm = fit_normalizer([imgs[(index["split"] == "train").to_numpy()]], "standardize", 255, 1)
-    (proc / "normalizer.json").write_text(json.dumps(norm))
+    (proc / "normalizer.json").write_text(json.dumps(norm.to_dict()))
     meta = {
         "classes": CLASSES,
         "channels": 1,
@@ -247,8 +247,10 @@ def test_tiny_cnn_auditor_runs():
 
     imgs, index, _, _ = separable_set(n_groups=12, n_flips=2, size=16)
     norm = fit_normalizer([imgs], "standardize", 255, 1)
-    kw = dict(normalizer=norm, arch="small_cnn", width=8, dropout=0.0, epochs=1, batch_size=16, lr=3e-3,
-              weight_decay=0.0, device="cpu")  # fmt: skip
+    from pipeline.train import TrainConfig
+
+    config = TrainConfig(epochs=1, batch_size=16, lr=3e-3, weight_decay=0.0)
+    kw = dict(normalizer=norm, arch="small_cnn", width=8, dropout=0.0, config=config, device="cpu")
     folds, pred, _, quality = li.find_label_issues_oof(
         imgs, index, CLASSES, auditor="cnn", n_folds=3, seed=0, cnn_kwargs=kw
     )

@@ -1,4 +1,4 @@
-"""Normalize: round-trip of arrays and index, train-only fitting, resize policies, apply_normalizer."""
+"""Normalize: round-trip of arrays and index, train-only fitting, resize policies, Normalizer.apply."""
 
 from __future__ import annotations
 
@@ -9,17 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.normalize import (
-    PixelStats,
-    apply_normalizer,
-    build_processed,
-    fit_normalizer,
-    load_meta,
-    load_normalizer,
-    load_split,
-    resize_image,
-)
+from pipeline.normalize import PixelStats, build_processed, fit_normalizer, resize_image
 from pipeline.params import NormalizeParams
+from pipeline.processed import Normalizer, ProcessedData
 
 SPLIT_OF = ["train"] * 6 + ["val"] * 2 + ["test"] * 2
 
@@ -53,10 +45,10 @@ def test_arrays_and_index_round_trip(tmp_path):
     metrics = build_processed(
         manifest, curated, splits, root, out, NormalizeParams(image_size=16, aspect="stretch")
     )
-    meta = load_meta(out)
+    meta = ProcessedData(out).meta
     assert meta["classes"] == ["c0", "c1"] and meta["channels"] == 1 and meta["dtype"] == "uint8"
     for split, n in (("train", 6), ("val", 2), ("test", 2)):
-        x, idx = load_split(out, split)
+        x, idx = ProcessedData(out).split(split)
         assert x.shape == (n, 16, 16, 1) and x.dtype == np.uint8 and isinstance(x, np.memmap)
         assert list(idx.columns) == ["image_id", "label", "patient_id", "group_id", "label_index"]
         assert idx["image_id"].is_monotonic_increasing
@@ -78,7 +70,7 @@ def test_normalizer_ignores_val_and_test_pixels(tmp_path):
             manifest, curated, splits, root, out, NormalizeParams(image_size=16, mode="percentile")
         )
         fitted.append(json.loads((out / "normalizer.json").read_text()))
-        val, _ = load_split(out, "val")
+        val, _ = ProcessedData(out).split("val")
         assert val.shape[0] == 2
     assert fitted[0] == fitted[1]
     assert fitted[0]["fitted_on"] == "train" and fitted[0]["n_images"] == 6
@@ -89,10 +81,10 @@ def test_fit_matches_numpy_on_train_pixels():
     train = rng.integers(0, 256, size=(7, 9, 9, 3), dtype=np.uint8)
     norm = fit_normalizer([train[:3], train[3:]], "standardize", 255, 3, (0.01, 0.99))
     flat = train.reshape(-1, 3).astype(np.float64)
-    np.testing.assert_allclose(norm["mean"], flat.mean(0))
-    np.testing.assert_allclose(norm["std"], flat.std(0))
-    np.testing.assert_allclose(norm["low"], np.percentile(flat, 1, axis=0, method="inverted_cdf"))
-    np.testing.assert_allclose(norm["high"], np.percentile(flat, 99, axis=0, method="inverted_cdf"))
+    np.testing.assert_allclose(norm.mean, flat.mean(0))
+    np.testing.assert_allclose(norm.std, flat.std(0))
+    np.testing.assert_allclose(norm.low, np.percentile(flat, 1, axis=0, method="inverted_cdf"))
+    np.testing.assert_allclose(norm.high, np.percentile(flat, 99, axis=0, method="inverted_cdf"))
     stats = PixelStats(3, 255)
     stats.update(train)
     assert fit_normalizer(stats, "standardize", 255, 3, (0.01, 0.99)) == norm
@@ -104,8 +96,8 @@ def test_apply_normalizer_numpy_and_torch_agree(mode):
     rng = np.random.default_rng(2)
     x = rng.integers(0, 256, size=(4, 8, 8, 3), dtype=np.uint8)
     norm = fit_normalizer([x], mode, 255, 3)
-    out_np = apply_normalizer(x, norm)
-    out_t = apply_normalizer(torch.from_numpy(x).permute(0, 3, 1, 2).float(), norm)
+    out_np = norm.apply(x)
+    out_t = norm.apply(torch.from_numpy(x).permute(0, 3, 1, 2).float())
     assert out_np.dtype == np.float32 and out_t.dtype == torch.float32
     np.testing.assert_allclose(out_t.permute(0, 2, 3, 1).numpy(), out_np, rtol=1e-5, atol=1e-5)
     if mode == "standardize":
@@ -114,7 +106,7 @@ def test_apply_normalizer_numpy_and_torch_agree(mode):
     if mode in ("scale01", "percentile"):
         assert out_np.min() >= 0 and out_np.max() <= 1
     with pytest.raises(ValueError, match="expected 3 channel"):
-        apply_normalizer(x[..., :1], norm)
+        norm.apply(x[..., :1])
 
 
 @pytest.mark.parametrize("aspect", ["pad", "center_crop", "stretch"])
@@ -139,14 +131,14 @@ def test_rgb_dataset_gives_three_channels_and_uint16_kept(tmp_path):
     )
     build_processed(manifest, curated, splits, root, out, NormalizeParams(image_size=8, keep_uint16=True, channels=3),
                     features=feats)  # fmt: skip
-    meta = load_meta(out / "meta.json")
+    meta = ProcessedData(out).meta
     assert meta["dtype"] == "uint16" and meta["max_value"] == 4095 and meta["channels"] == 3
-    x, idx = load_split(out, "train")
+    x, idx = ProcessedData(out).split("train")
     row = int(np.flatnonzero(idx["image_id"] == manifest["image_id"][0])[0])
     assert x.shape[-1] == 3 and x[row].max() == 4000
     other = 1 if row == 0 else 0
     assert x[other].max() > 255  # 8-bit sources are scaled up to the 12-bit range
-    assert load_normalizer(out)["max_value"] == 4095
+    assert Normalizer.from_json(out).max_value == 4095
 
 
 def test_empty_val_split(tmp_path):
@@ -154,5 +146,5 @@ def test_empty_val_split(tmp_path):
     manifest, curated, splits = write_dataset(root)
     splits.loc[splits["split"] == "val", "split"] = "train"
     build_processed(manifest, curated, splits, root, out, NormalizeParams(image_size=8))
-    x, idx = load_split(out, "val")
+    x, idx = ProcessedData(out).split("val")
     assert x.shape == (0, 8, 8, 1) and len(idx) == 0

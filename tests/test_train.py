@@ -19,10 +19,14 @@ import yaml
 
 from pipeline import train as tr
 from pipeline.augment import build_policy, policy_to_dict
+from pipeline.checkpoint import Checkpoint, ModelSpec
+from pipeline.distributed import shard_bounds
+from pipeline.inference import predict_proba
 from pipeline.io import write_json
 from pipeline.models import build_model
-from pipeline.normalize import fit_normalizer, load_normalizer
+from pipeline.normalize import fit_normalizer
 from pipeline.params import AugmentParams, load_params
+from pipeline.processed import Normalizer
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["effusion", "nodule", "normal"]
@@ -51,20 +55,21 @@ def _one_thread():
 
 def _write_normalizer(x: np.ndarray, path: Path) -> None:
     """normalizer.json fitted on ``x`` (train only), as the normalize stage writes it."""
-    write_json(fit_normalizer([x], mode="standardize", max_value=255, channels=x.shape[3]), path)
+    write_json(fit_normalizer([x], mode="standardize", max_value=255, channels=x.shape[3]).to_dict(), path)
 
 
 def _normalizer(tmp_path: Path, x: np.ndarray):
     path = tmp_path / "normalizer.json"
     _write_normalizer(x, path)
-    return load_normalizer(path)
+    return Normalizer.from_json(path)
 
 
 def _fit(tmp_path: Path, seed: int = 0, epochs: int = 2, **kw):
     x, y = _images(24)
     torch.manual_seed(seed)
     model = build_model("small_cnn", 1, 3, width=4, dropout=0.0)
-    return tr.fit_model(model, x, y, _normalizer(tmp_path, x), epochs=epochs, batch_size=8, seed=seed, **kw)
+    config = tr.TrainConfig(epochs=epochs, batch_size=8, seed=seed, **kw)
+    return tr.fit_model(model, x, y, _normalizer(tmp_path, x), config)
 
 
 def test_overfit_one_batch(tmp_path) -> None:
@@ -72,8 +77,9 @@ def test_overfit_one_batch(tmp_path) -> None:
     torch.manual_seed(0)
     model = build_model("small_cnn", 1, 3, width=8, dropout=0.0)
     norm = _normalizer(tmp_path, x)
-    model = tr.fit_model(model, x, y, norm, epochs=25, batch_size=12, lr=1e-2, weight_decay=0.0, seed=0)
-    probs = tr.predict_proba(model, x, norm, "cpu")
+    config = tr.TrainConfig(epochs=25, batch_size=12, lr=1e-2, weight_decay=0.0, seed=0)
+    model = tr.fit_model(model, x, y, norm, config)
+    probs = predict_proba(model, x, norm, "cpu")
     assert (probs.argmax(1) == y).all()
     assert probs[np.arange(len(y)), y].mean() > 0.9
 
@@ -91,10 +97,10 @@ def test_predict_proba_keeps_order_and_sums_to_one(tmp_path) -> None:
     x, _ = _images(10)
     norm = _normalizer(tmp_path, x)
     model = build_model("small_cnn", 1, 3, width=4).eval()
-    p_all = tr.predict_proba(model, x, norm, "cpu", batch_size=3)
+    p_all = predict_proba(model, x, norm, "cpu", batch_size=3)
     assert p_all.shape == (10, 3)
     np.testing.assert_allclose(p_all.sum(1), 1.0, rtol=1e-5)
-    np.testing.assert_allclose(tr.predict_proba(model, x[4:5], norm, "cpu"), p_all[4:5], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(predict_proba(model, x[4:5], norm, "cpu"), p_all[4:5], rtol=1e-5, atol=1e-6)
 
 
 def test_early_stopping_and_best_weights(tmp_path) -> None:
@@ -103,9 +109,10 @@ def test_early_stopping_and_best_weights(tmp_path) -> None:
     torch.manual_seed(0)
     model = build_model("small_cnn", 1, 3, width=4)
     # lr so small that nothing improves after the first epoch -> stops after 1 + patience epochs.
+    config = tr.TrainConfig(epochs=20, batch_size=8, lr=1e-12, patience=2, monitor="val_loss")
     tr.fit_model(
-        model, x, y, _normalizer(tmp_path, x), val_images=x, val_labels=y, epochs=20, batch_size=8, lr=1e-12,
-        patience=2, monitor="val_loss", on_epoch_end=records.append, on_best=lambda r, s: best.append(r),
+        model, x, y, _normalizer(tmp_path, x), config, val_images=x, val_labels=y,
+        on_epoch_end=records.append, on_best=lambda r, s: best.append(r),
     )  # fmt: skip
     assert len(records) <= 20 and len(records) >= 3
     assert best[-1]["val_loss"] == min(r["val_loss"] for r in records)
@@ -122,7 +129,7 @@ def test_warmup_then_cosine() -> None:
 def test_shards_are_contiguous_and_unpadded() -> None:
     for n in (0, 1, 7, 10):
         for world in (1, 2, 3):
-            bounds = [tr.shard_bounds(n, world, r) for r in range(world)]
+            bounds = [shard_bounds(n, world, r) for r in range(world)]
             assert bounds[0][0] == 0 and bounds[-1][1] == n
             assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))
 
@@ -151,7 +158,7 @@ def test_malicious_checkpoint_is_refused_without_running_code(tmp_path, monkeypa
     torch.save({"format": 1, "state_dict": {}, "payload": _Exploit()}, path)
     # Plain pickle would run the payload; torch.load(weights_only=True) must refuse it.
     with pytest.raises(ValueError, match="refused"):
-        tr.load_checkpoint(path)
+        Checkpoint.load(path)
     assert not marker.exists()
     torch.load(path, weights_only=False)  # proof that the file really is malicious
     assert marker.read_text() == "pwned"
@@ -159,14 +166,16 @@ def test_malicious_checkpoint_is_refused_without_running_code(tmp_path, monkeypa
 
 def test_checkpoint_round_trip(tmp_path) -> None:
     model = build_model("small_cnn", 1, 3, width=4).eval()
-    ckpt = tr.make_checkpoint(
-        model, arch="small_cnn", in_channels=1, width=4, dropout=0.2, classes=CLASSES,
-        normalizer={"mode": "scale01"}, params={"seed": 1}, epoch=3, val_metrics={"val_loss": 0.5},
-    )  # fmt: skip
-    tr.save_checkpoint(ckpt, tmp_path / "m" / "model.pt")
-    loaded = tr.load_checkpoint(tmp_path / "m" / "model.pt")
-    assert loaded["classes"] == CLASSES and loaded["epoch"] == 3
-    rebuilt = tr.model_from_checkpoint(loaded)
+    norm = fit_normalizer([_images(6)[0]], mode="scale01", max_value=255, channels=1)
+    spec = ModelSpec("small_cnn", in_channels=1, n_classes=3, width=4, dropout=0.2)
+    record = {"epoch": 3, "val_loss": 0.5, "seconds": 1.25}
+    ckpt = Checkpoint.of(model, spec, CLASSES, norm, params={"seed": 1}, record=record)
+    ckpt.save(tmp_path / "m" / "model.pt")
+    loaded = Checkpoint.load(tmp_path / "m" / "model.pt")
+    assert loaded.classes == CLASSES and loaded.epoch == 3 and loaded.normalizer == norm
+    # wall-clock time is not a property of the weights: the same run writes the same bytes
+    assert loaded.val_metrics == {"epoch": 3.0, "val_loss": 0.5}
+    rebuilt = loaded.build_model()
     x = torch.randn(2, 1, 16, 16)
     torch.testing.assert_close(rebuilt(x), model(x))
     assert [p.name for p in (tmp_path / "m").iterdir()] == ["model.pt"]  # no temp file left
@@ -284,4 +293,4 @@ def test_train_stage_under_torchrun_with_two_gloo_processes(tmp_path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics/train.json").read_text())
     assert metrics["world_size"] == 2 and metrics["n_train"] == 48 and metrics["n_val"] == 12
-    assert tr.load_checkpoint(tmp_path / "models/model.pt")["classes"] == CLASSES
+    assert Checkpoint.load(tmp_path / "models/model.pt").classes == CLASSES
