@@ -38,6 +38,8 @@ from albumentations.core.serialization import serialize_enum
 from albumentations.core.transforms_interface import BasicTransform
 from torch.utils.data import Dataset
 
+from pipeline.errors import InputError
+
 if TYPE_CHECKING:
     from pipeline.params import AugmentParams
 
@@ -243,21 +245,21 @@ def _instantiate(name: str, kwargs: Mapping[str, Any], domain: str) -> BasicTran
     """Build one albumentations transform by class name, with clear errors."""
     cls = getattr(A, name, None)
     if not (isinstance(cls, type) and issubclass(cls, BasicTransform)):
-        raise ValueError(
+        raise InputError(
             f"augment.transforms: {name!r} is not an albumentations {A.__version__} transform "
             f"(expected a class name such as 'Affine', 'RandomGamma'; domain {domain!r})"
         )
     if not isinstance(kwargs, Mapping):
-        raise ValueError(f"augment.transforms.{name}: expected a mapping of arguments, got {kwargs!r}")
+        raise InputError(f"augment.transforms.{name}: expected a mapping of arguments, got {kwargs!r}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # invalid args are turned into an error just below
             transform = cls(**dict(kwargs))
     except (ValueError, TypeError) as err:  # pydantic ValidationError is a ValueError
-        raise ValueError(f"augment.transforms.{name}: invalid arguments {dict(kwargs)}: {err}") from err
+        raise InputError(f"augment.transforms.{name}: invalid arguments {dict(kwargs)}: {err}") from err
     invalid = getattr(transform, "invalid_args", None)
     if invalid:
-        raise ValueError(
+        raise InputError(
             f"augment.transforms.{name}: unknown argument(s) {sorted(invalid)} for "
             f"albumentations {A.__version__} {name}"
         )
@@ -282,7 +284,7 @@ def resolve_specs(params: AugmentParams, channels: int) -> list[TransformSpec]:
             ``HorizontalFlip`` in ``transforms``.
     """
     if channels not in (1, 3):
-        raise ValueError(f"augment: expected images with 1 or 3 channels, got {channels}")
+        raise InputError(f"augment: expected images with 1 or 3 channels, got {channels}")
     domain = params.domain
     preset = PRESETS[domain]
     is_override = params.transforms is not None
@@ -296,7 +298,7 @@ def resolve_specs(params: AugmentParams, channels: int) -> list[TransformSpec]:
         specs.insert(0, ("HorizontalFlip", {"p": 0.5}))
     elif params.horizontal_flip is False and has_flip:
         if is_override:
-            raise ValueError(
+            raise InputError(
                 "augment: horizontal_flip is false but augment.transforms lists HorizontalFlip; "
                 "remove one of them"
             )
@@ -313,7 +315,7 @@ def resolve_specs(params: AugmentParams, channels: int) -> list[TransformSpec]:
                 "domain %r: using forbidden transform %s (allow_unsafe: true): %s", domain, name, reason
             )
         else:
-            raise ValueError(
+            raise InputError(
                 f"augment: transform {name!r} is forbidden for domain {domain!r}: {reason} "
                 f"(set augment.allow_unsafe: true to use it anyway)"
             )
@@ -321,7 +323,7 @@ def resolve_specs(params: AugmentParams, channels: int) -> list[TransformSpec]:
     if channels == 1:
         colour = [name for name, _ in specs if name in RGB_ONLY_TRANSFORMS]
         if colour and is_override:
-            raise ValueError(
+            raise InputError(
                 f"augment.transforms: {colour} need 3-channel images, but the data has 1 channel "
                 f"(domain {domain!r}); remove them"
             )
@@ -353,7 +355,7 @@ def build_policy(params: AugmentParams, channels: int, image_shape: tuple[int, i
     for seed in range(4):
         out = augment_image(policy, probe, seed)
         if out.shape != probe.shape or out.dtype != probe.dtype:
-            raise ValueError(
+            raise InputError(
                 f"augment: policy for domain {params.domain!r} must keep shape and dtype, "
                 f"got {out.shape} {out.dtype} from {probe.shape} {probe.dtype}"
             )
@@ -423,15 +425,15 @@ def load_policy(path: str | Path) -> A.Compose:
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON: {err}") from err
+        raise InputError(f"{path}: not valid JSON: {err}") from err
     if not isinstance(raw, dict) or "transform" not in raw:
-        raise ValueError(f"{path}: expected an albumentations serialization with a 'transform' key")
+        raise InputError(f"{path}: expected an albumentations serialization with a 'transform' key")
     try:
         policy = A.from_dict(raw)
     except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"{path}: could not rebuild the albumentations policy: {err}") from err
+        raise InputError(f"{path}: could not rebuild the albumentations policy: {err}") from err
     if not isinstance(policy, A.Compose):
-        raise ValueError(f"{path}: expected a Compose at the top level, got {type(policy).__name__}")
+        raise InputError(f"{path}: expected a Compose at the top level, got {type(policy).__name__}")
     return policy
 
 
@@ -465,7 +467,7 @@ def make_preview(
     from pipeline.sheets import make_contact_sheet
 
     if len(images) == 0:
-        raise ValueError("make_preview: no images to preview (empty train split)")
+        raise InputError("make_preview: no images to preview (empty train split)")
     rng = np.random.default_rng(seed)
     picked = np.sort(rng.choice(len(images), size=min(n_images, len(images)), replace=False))
     tiles, captions = [], []

@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from pipeline.errors import InputError
 from pipeline.io import write_csv, write_json
 from pipeline.params import DemoParams
 
@@ -430,7 +431,7 @@ def _check_counts(
     n_needed = sum(needed.values())
     if n_needed > n_clean:
         detail = ", ".join(f"demo.{k}={v}" for k, v in needed.items() if v)
-        raise ValueError(
+        raise InputError(
             f"demo: the planted problems need {n_needed} distinct clean images ({detail}) but only "
             f"{n_clean} images were drawn (demo.n_patients={params.n_patients}, "
             f"demo.images_per_patient_range={list(params.images_per_patient_range)}); raise demo.n_patients "
@@ -438,14 +439,14 @@ def _check_counts(
         )
     n_dups = params.n_exact_duplicates + params.n_near_duplicates + params.n_cross_patient_duplicates
     if n_dups > n_room:
-        raise ValueError(
+        raise InputError(
             f"demo: {n_dups} duplicates (demo.n_exact_duplicates + demo.n_near_duplicates + "
             f"demo.n_cross_patient_duplicates) do not fit: patients have room for only {n_room} more images "
             f"under demo.images_per_patient_range={list(params.images_per_patient_range)} "
             f"({n_images} images drawn); raise demo.n_patients or the upper end of the range"
         )
     if params.n_cross_patient_duplicates and params.n_patients < 2:
-        raise ValueError(
+        raise InputError(
             f"demo: demo.n_cross_patient_duplicates={params.n_cross_patient_duplicates} needs at least 2 "
             f"patients, got demo.n_patients={params.n_patients}"
         )
@@ -463,7 +464,7 @@ def plan_demo(params: DemoParams, seed: int) -> list[_Slot]:
     """
     unknown = [c for c in params.classes if c not in FINDINGS]
     if unknown:
-        raise ValueError(
+        raise InputError(
             f"demo.classes: no synthetic finding for {unknown}; expected names from {list(FINDINGS)}"
         )
     rng = np.random.default_rng(seed)
@@ -535,7 +536,7 @@ def plan_demo(params: DemoParams, seed: int) -> list[_Slot]:
                 if target is not None:
                     break
             else:
-                raise ValueError(
+                raise InputError(
                     f"demo: ran out of clean images with room for duplicates while placing {kind}; "
                     f"raise demo.n_patients or lower demo.n_{kind}s"
                 )

@@ -41,6 +41,8 @@ from sklearn.metrics import (
 )
 from tqdm import tqdm
 
+from pipeline.errors import InputError
+
 log = logging.getLogger(__name__)
 
 METRIC_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc", "pr_auc", "cohen_kappa", "mcc", "ece")
@@ -329,7 +331,7 @@ def evaluate_predictions(
             f"got probs {probs.shape} and {len(patient_ids)} patient ids"
         )
     if len(labels) == 0:
-        raise ValueError("evaluate: the test split is empty")
+        raise InputError("evaluate: the test split is empty")
     if labels.min() < 0 or labels.max() >= len(classes):
         raise ValueError(
             f"evaluate: labels must be in [0, {len(classes)}), got [{labels.min()}, {labels.max()}]"

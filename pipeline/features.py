@@ -79,6 +79,8 @@ import cv2
 import numpy as np
 from scipy.fftpack import dct  # the DCT imagededup's PHash uses (same results bit for bit)
 
+from pipeline.errors import InputError
+
 WORK_PX = 256
 """Longest side of the working copy on which all but the pixel hash are measured."""
 BLUR_LEVELS = (WORK_PX, 128, 64)
@@ -182,7 +184,7 @@ def compute_features(
     pixels = _check(np.asarray(pixels), bit_depth)
     unknown = sorted(set(hashes) - set(ALL_HASHES))
     if unknown:
-        raise ValueError(f"compute_features: unknown hash(es) {unknown}; expected some of {list(ALL_HASHES)}")
+        raise InputError(f"compute_features: unknown hash(es) {unknown}; expected some of {list(ALL_HASHES)}")
     full_scale = float(2**bit_depth - 1)
     out: dict = {"pixel_sha256": pixel_sha256(pixels)}
 

@@ -45,6 +45,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
+from pipeline.errors import InputError
 from pipeline.params import Params
 from pipeline.processed import Normalizer
 
@@ -110,7 +111,7 @@ def make_group_folds(
         )
     n_groups = len(pd.unique(groups))
     if n_groups < 2:
-        raise ValueError(
+        raise InputError(
             f"label_issues: need at least 2 groups (group_id) for out-of-fold predictions, got {n_groups}"
         )
     if n_groups < n_folds:
@@ -600,7 +601,7 @@ def find_label_issues_oof(
         stacked = np.concatenate([np.asarray(p) for p in parts])
         pred = oof_cnn(stacked, labels, folds, n_classes, seed=seed, **dict(cnn_kwargs or {}))
     else:
-        raise ValueError(f"label_issues.auditor: expected 'linear' or 'cnn', got {auditor!r}")
+        raise InputError(f"label_issues.auditor: expected 'linear' or 'cnn', got {auditor!r}")
     # Guard against zero columns (classes missing from a fold) for cleanlab's log/normalization.
     pred = np.clip(pred, 1e-6, None)
     pred /= pred.sum(axis=1, keepdims=True)

@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pipeline.errors import InputError
+
 log = logging.getLogger(__name__)
 
 ARCHS = ("small_cnn", "resnet18", "resnet34", "resnet50", "efficientnet_b0")
@@ -123,18 +125,18 @@ def adapt_first_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
-        raise FileNotFoundError(f"model.weights_path: {path} does not exist (weights are never downloaded)")
+        raise InputError(f"model.weights_path: {path} does not exist (weights are never downloaded)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling errors of many kinds; the file is untrusted
-        raise ValueError(
+        raise InputError(
             f"{path}: not a plain tensor state_dict loadable with weights_only=True: {err}"
         ) from err
     for key in ("state_dict", "model", "model_state"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path}: expected a state_dict (name -> tensor), got {type(obj).__name__}")
+        raise InputError(f"{path}: expected a state_dict (name -> tensor), got {type(obj).__name__}")
     # Checkpoints saved from DataParallel/DDP carry a "module." prefix.
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
@@ -167,9 +169,9 @@ def build_model(
         FileNotFoundError: ``weights_path`` does not exist.
     """
     if arch not in BUILDERS:
-        raise ValueError(f"model.arch: unknown architecture {arch!r}; expected one of {list(ARCHS)}")
+        raise InputError(f"model.arch: unknown architecture {arch!r}; expected one of {list(ARCHS)}")
     if in_channels < 1 or n_classes < 2:
-        raise ValueError(f"expected in_channels >= 1 and n_classes >= 2, got {in_channels}, {n_classes}")
+        raise InputError(f"expected in_channels >= 1 and n_classes >= 2, got {in_channels}, {n_classes}")
     builder, first_conv_key, head_prefixes = BUILDERS[arch]
     model = builder(in_channels, n_classes, width, dropout)
     if weights_path is None:
@@ -178,13 +180,13 @@ def build_model(
     path = Path(weights_path)
     state = _read_state_dict(path)
     if first_conv_key not in state:
-        raise ValueError(f"{path}: no key {first_conv_key!r}; is this a {arch} state_dict?")
+        raise InputError(f"{path}: no key {first_conv_key!r}; is this a {arch} state_dict?")
     state[first_conv_key] = adapt_first_conv(state[first_conv_key], in_channels)
     state = {k: v for k, v in state.items() if not k.startswith(head_prefixes)}
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith(head_prefixes)]
     if missing or unexpected:
-        raise ValueError(
+        raise InputError(
             f"{path}: does not match arch {arch!r}: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     log.info(

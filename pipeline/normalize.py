@@ -45,6 +45,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.contract import SPLITS, included
+from pipeline.errors import InputError
 from pipeline.params import ExecutorParams, NormalizeParams
 from pipeline.processed import EPS, MODES, Normalizer
 
@@ -96,7 +97,7 @@ def resize_image(pixels: np.ndarray, image_size: int, aspect: str) -> np.ndarray
         scale = image_size / min(h, w)
         new_h, new_w = max(image_size, round(h * scale)), max(image_size, round(w * scale))
     else:
-        raise ValueError(f"normalize.aspect: expected one of pad, center_crop, stretch; got {aspect!r}")
+        raise InputError(f"normalize.aspect: expected one of pad, center_crop, stretch; got {aspect!r}")
     interp = cv2.INTER_AREA if new_h * new_w < h * w else cv2.INTER_LINEAR
     out = cv2.resize(np.ascontiguousarray(pixels), (new_w, new_h), interpolation=interp)
     if out.ndim == 2:
@@ -255,7 +256,7 @@ def fit_normalizer(
         ValueError: Unknown mode or no train pixels.
     """
     if mode not in MODES:
-        raise ValueError(f"normalize.mode: expected one of {list(MODES)}, got {mode!r}")
+        raise InputError(f"normalize.mode: expected one of {list(MODES)}, got {mode!r}")
     if isinstance(batches, PixelStats):
         stats = batches
     else:
@@ -264,7 +265,7 @@ def fit_normalizer(
             stats.update(b)
     n_pix = int(stats.hist[0].sum())
     if n_pix == 0:
-        raise ValueError("normalize: cannot fit the normalizer: the train split has no images")
+        raise InputError("normalize: cannot fit the normalizer: the train split has no images")
     mean = stats.sum / n_pix
     std = np.sqrt(np.maximum(stats.sumsq / n_pix - mean**2, 0.0))
     if (std < EPS).any():
@@ -424,7 +425,7 @@ def build_processed(
                     (part["path"].iloc[start + i], err) for i, (arr, err) in enumerate(results) if arr is None
                 ]
                 if failed:
-                    raise ValueError(
+                    raise InputError(
                         f"normalize: {len(failed)} included image(s) under {root} no longer decode, e.g. "
                         f"{failed[0][0]}: {failed[0][1]}; re-run ingest"
                     )

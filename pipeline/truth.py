@@ -32,6 +32,7 @@ from collections.abc import Iterable
 import pandas as pd
 
 from pipeline.contract import STATUS_REJECTED, flag_col
+from pipeline.errors import InputError
 
 DUPLICATE_KINDS = ("exact_duplicate", "near_duplicate", "cross_patient_duplicate")
 QUALITY_KINDS = {
@@ -98,7 +99,7 @@ def score_against_truth(
     """
     items = truth.get("items") if isinstance(truth, dict) else None
     if not isinstance(items, list):
-        raise ValueError(f"truth: expected a mapping with an 'items' list, got {type(truth).__name__}")
+        raise InputError(f"truth: expected a mapping with an 'items' list, got {type(truth).__name__}")
     by_kind: dict[str, list[dict]] = {}
     for it in items:
         by_kind.setdefault(str(it["kind"]), []).append(it)

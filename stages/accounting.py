@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.accounting import check_accounting, final_states
+from pipeline.errors import InputError
 from pipeline.io import read_json, write_json, write_parquet
 from pipeline.params import load_params
 from stages._cli import run
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     curated = pd.read_parquet(args.curated)
     label_issues = pd.read_parquet(args.label_issues)
     if params.label_issues.action != "drop" and label_issues["is_dropped"].any():
-        raise ValueError(
+        raise InputError(
             f"{args.label_issues}: rows are dropped but label_issues.action is "
             f"{params.label_issues.action!r}; re-run the label_issues stage"
         )

@@ -18,6 +18,7 @@ import argparse
 import logging
 
 from pipeline.augment import build_policy, make_preview, policy_to_dict
+from pipeline.errors import InputError
 from pipeline.io import write_json, write_png
 from pipeline.params import load_params
 from pipeline.processed import ProcessedData
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = params.augment
     images, _ = ProcessedData(args.processed).split("train")
     if images.ndim != 4:
-        raise ValueError(
+        raise InputError(
             f"{args.processed}/train.npy: expected (N, H, W, C) images, got shape {images.shape}"
         )
     channels, image_shape = int(images.shape[3]), (int(images.shape[1]), int(images.shape[2]))

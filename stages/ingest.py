@@ -19,6 +19,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from pipeline.errors import InputError
 from pipeline.ingest import ingest
 from pipeline.io import write_csv, write_json, write_parquet
 from pipeline.params import load_params
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     if result.metrics["n_ok"] == 0:
         Path(args.features).unlink(missing_ok=True)
         reasons = {k: v for k, v in result.metrics["rejected_by_reason"].items() if v}
-        raise ValueError(
+        raise InputError(
             f"{params.data.root}: no readable image ({result.metrics['n_files']} file(s) found, rejected: "
             f"{reasons}); ingest.extensions = {params.ingest.extensions}"
         )

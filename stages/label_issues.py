@@ -20,6 +20,7 @@ import pandas as pd
 
 from pipeline import label_issues as li
 from pipeline.contract import SPLITS, STATUS_OK
+from pipeline.errors import InputError
 from pipeline.io import write_csv, write_json, write_parquet, write_png
 from pipeline.params import load_params
 from pipeline.processed import ProcessedData
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     data = {s: processed.split(s) for s in SPLITS if processed.has_split(s)}
     missing = [s for s in p.splits if s not in data]
     if missing:
-        raise ValueError(f"label_issues.splits: {missing} not found in {args.processed}")
+        raise InputError(f"label_issues.splits: {missing} not found in {args.processed}")
     index = pd.concat([data[s][1].assign(split=s) for s in p.splits], ignore_index=True)
     normalizer = processed.normalizer()
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.contract import score_col
+from pipeline.errors import InputError
 from pipeline.io import write_json, write_parquet, write_png
 from pipeline.params import load_params
 from pipeline.quality import (
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     manifest = manifest[manifest["status"] == "ok"]
     features = pd.read_parquet(args.features, columns=FEATURE_COLUMNS)
     if len(features) != len(manifest):
-        raise ValueError(
+        raise InputError(
             f"{args.features}: {len(features)} rows, but {args.manifest} has {len(manifest)} ok images"
         )
     quality = find_low_quality(features, manifest, params.quality)
