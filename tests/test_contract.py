@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import pipeline
 from pipeline.params import Params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,6 +114,21 @@ def test_import_closure_sees_imports_inside_functions():
     """The closure follows imports inside functions (label_issues imports the training loop lazily)."""
     closure = import_closure("stages/label_issues.py")
     assert {"pipeline/train.py", "pipeline/mixup.py", "pipeline/augment.py"} <= closure
+
+
+def test_module_map_lists_every_module_once():
+    modules = {p.stem for p in (ROOT / "pipeline").glob("*.py")} - {"__init__"}
+    listed = [*pipeline.STAGE_LOGIC, *pipeline.FOUNDATIONS]
+    assert sorted(listed) == sorted(modules), "pipeline/__init__.py's module map is out of date"
+    assert set(pipeline.STAGE_LOGIC.values()) <= set(STAGE_ORDER)
+
+
+@pytest.mark.parametrize("name", sorted(pipeline.FOUNDATIONS))
+def test_foundations_import_no_stage_logic(name):
+    closure = {Path(p).stem for p in import_closure(f"pipeline/{name}.py")}
+    assert not closure & set(pipeline.STAGE_LOGIC), (
+        f"foundation pipeline/{name}.py imports stage logic {sorted(closure & set(pipeline.STAGE_LOGIC))}"
+    )
 
 
 def test_every_params_section_is_modelled():
