@@ -335,6 +335,45 @@ def build_index(
     return df.reset_index(drop=True), classes
 
 
+def _store_split(
+    jobs: list[_Job],
+    paths: pd.Series,
+    out: Path,
+    shape: tuple[int, int, int, int],
+    dtype: np.dtype,
+    executor: ExecutorParams | None,
+    stats: PixelStats | None,
+    desc: str,
+    root: Path,
+) -> None:
+    """Decode ``jobs`` in parallel chunks and stream them into the ``.npy`` file ``out`` (atomically);
+    train batches also feed ``stats``.
+
+    Raises:
+        InputError: An image no longer decodes (ingest is stale).
+    """
+    from pipeline.io import atomic_path
+    from pipeline.parallel import map_chunks
+
+    with atomic_path(out) as tmp:
+        writer = NpyStreamWriter(tmp, shape, dtype)
+        start = 0
+        for results in map_chunks(_load_one, jobs, executor, desc=desc):
+            failed = [(paths.iloc[start + i], err) for i, (arr, err) in enumerate(results) if arr is None]
+            if failed:
+                raise InputError(
+                    f"normalize: {len(failed)} included image(s) under {root} no longer decode, e.g. "
+                    f"{failed[0][0]}: {failed[0][1]}; re-run ingest"
+                )
+            batch = np.stack([arr for arr, _ in results])
+            writer.write(batch)
+            if stats is not None:
+                stats.update(batch)
+            start += len(results)
+        if writer.n_written != shape[0]:
+            raise ValueError(f"normalize: wrote {writer.n_written} of {shape[0]} images to {out}")
+
+
 def build_processed(
     manifest: pd.DataFrame,
     curated: pd.DataFrame,
@@ -372,8 +411,7 @@ def build_processed(
         ValueError: An included image no longer decodes (names the file and why), or the train
             split is empty.
     """
-    from pipeline.io import atomic_path, write_json, write_parquet
-    from pipeline.parallel import map_chunks
+    from pipeline.io import write_json, write_parquet
 
     root, out_dir = Path(root), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -417,25 +455,10 @@ def build_processed(
             )
             for p, b in zip(part["path"], pd.to_numeric(part["bit_depth"]), strict=True)
         ]
-        with atomic_path(out_dir / f"{split}.npy") as tmp:
-            writer = NpyStreamWriter(tmp, (len(part), size, size, channels), np.dtype(dtype))
-            start = 0
-            for results in map_chunks(_load_one, jobs, executor, desc=f"normalize {split}"):
-                failed = [
-                    (part["path"].iloc[start + i], err) for i, (arr, err) in enumerate(results) if arr is None
-                ]
-                if failed:
-                    raise InputError(
-                        f"normalize: {len(failed)} included image(s) under {root} no longer decode, e.g. "
-                        f"{failed[0][0]}: {failed[0][1]}; re-run ingest"
-                    )
-                batch = np.stack([arr for arr, _ in results])
-                writer.write(batch)
-                if split == "train":
-                    stats.update(batch)
-                start += len(results)
-            if writer.n_written != len(part):
-                raise ValueError(f"normalize: wrote {writer.n_written} of {len(part)} {split} images")
+        _store_split(
+            jobs, part["path"], out_dir / f"{split}.npy", (len(part), size, size, channels), np.dtype(dtype),
+            executor, stats if split == "train" else None, f"normalize {split}", root,
+        )  # fmt: skip
         write_parquet(part[INDEX_COLUMNS], out_dir / f"{split}.parquet")
         per_split[split] = {
             "n_images": len(part),
