@@ -1,4 +1,4 @@
-"""Nothing is lost (DESIGN.md section 3): one final state per input file, and counts that add up.
+"""Nothing is lost (README, ``accounting`` stage): one final state per input file, and counts that add up.
 
 Every manifest row (one per file found by ingest) ends in exactly one final state: ``train``,
 ``val``, ``test`` or ``excluded`` with a machine-readable reason:

@@ -1,4 +1,4 @@
-"""The data contract (DESIGN.md section 3): column names, final states and the one inclusion rule.
+"""The data contract (README, "What runs"): column names, final states and the one inclusion rule.
 
 Per-issue columns follow the cleanvision / cleanlab Datalab convention: ``<issue>_score`` in
 [0, 1] (lower is worse) and ``is_<issue>_issue`` for the decision. Only the two helpers below

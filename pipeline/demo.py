@@ -2,7 +2,7 @@
 
 ``dvc repro`` must work on a fresh machine without a download, and the curation stages need a
 ground truth to be scored against, so this module draws a small deterministic dataset
-(DESIGN.md section 6):
+(README, ``demo_data`` stage):
 
 * grayscale 8-bit PNGs that look like frontal chest radiographs (dark lung fields, bright
   mediastinum, spine, heart, ribs, clavicles, diaphragm domes, soft-tissue body outline);

@@ -5,7 +5,7 @@ the pipeline's convention: a numpy array ``HxW`` (grayscale) or ``HxWx3`` (RGB),
 ``uint8`` or ``uint16`` (the true bit depth is kept). A file that cannot be used raises
 :class:`ImageRejected` with a machine-readable ``reason``; nothing else escapes for bad data.
 
-Reading rules (DESIGN.md section 5, "untrusted input"):
+Reading rules (untrusted input; README, ``ingest`` stage):
 
 * The format comes from the file's magic bytes, not its extension (an HTML page saved as
   ``.jpg`` is ``not_an_image``).

@@ -48,7 +48,7 @@ class ExecutorParams(Section):
 
 
 class DemoParams(Section):
-    """The embedded synthetic dataset (DESIGN.md section 6)."""
+    """The embedded synthetic dataset (README, "Stages in detail", ``demo_data``)."""
 
     classes: list[Literal["normal", "nodule", "effusion", "cardiomegaly"]] = Field(
         default_factory=lambda: ["normal", "nodule", "effusion"],

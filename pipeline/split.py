@@ -1,4 +1,4 @@
-"""Stratified, group-level train/val/test split (DESIGN.md section 4, ``split`` stage).
+"""Stratified, group-level train/val/test split (the ``split`` stage; README, "Stages in detail").
 
 The unit of assignment is the *leakage group*: ``group_id`` from curation (patients joined by
 near-duplicate links). As a safety net the units are the connected components of ``group_id``
