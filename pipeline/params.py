@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline.errors import InputError
+
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 PositiveInt = Annotated[int, Field(gt=0)]
 
@@ -422,27 +424,29 @@ def parse_params(raw: dict, source: str = "params") -> Params:
         The validated, immutable :class:`Params`.
 
     Raises:
-        ValueError: On unknown keys, wrong types or impossible values; the message names every
+        InputError: On unknown keys, wrong types or impossible values; the message names every
             offending key path, e.g. ``params.yaml: split.train_fraction: ...``.
     """
     if not isinstance(raw, dict):
-        raise ValueError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+        raise InputError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
     try:
         return Params.model_validate(raw)
     except ValidationError as err:
-        raise ValueError(_format_errors(err, source)) from err
+        raise InputError(_format_errors(err, source)) from err
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate ``params.yaml``.
 
     Raises:
-        FileNotFoundError: If the file does not exist.
-        ValueError: If it is not valid YAML or does not validate (see :func:`parse_params`).
+        InputError: If the file does not exist, is not valid YAML or does not validate (see
+            :func:`parse_params`).
     """
     path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: params file not found")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML: {err}") from err
+        raise InputError(f"{path}: not valid YAML: {err}") from err
     return parse_params(raw, source=str(path))
