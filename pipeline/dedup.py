@@ -369,14 +369,7 @@ def find_duplicates(
     images = ok_images(manifest, features)
     n = len(images)
     frow = images["_frow"].fillna(-1).to_numpy(np.int64)  # features-table row of each row
-    score = partial(
-        pair_similarity,
-        thumbnails,
-        frow,
-        max_shift=params.align_max_shift,
-        zooms=tuple(params.align_zooms),
-        threshold=params.confirm_similarity,
-    )
+    score = partial(pair_similarity, thumbnails, frow, params=params)
 
     # 1. exact links, and the groups of exact copies they make
     ex_i, ex_j = exact_links(images)

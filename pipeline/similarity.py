@@ -16,7 +16,7 @@ thumbnails score -1.
 * :func:`pair_similarity` scores pairs of table rows in chunks of at most :data:`_CHUNK_IMAGES`
   images (bounded memory, same values).
 
-Pure numpy/opencv: no params, no stage logic (``pipeline/dedup.py`` calls it).
+Pure numpy/opencv and the ``dedup`` params section; no stage logic (``pipeline/dedup.py`` calls it).
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ import cv2
 import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
+
+from pipeline.params import DedupParams
 
 log = logging.getLogger(__name__)
 
@@ -369,20 +371,12 @@ def _confirm_similarity(
 
 
 def pair_similarity(
-    thumbnails: Thumbnails,
-    frow: np.ndarray,
-    i: np.ndarray,
-    j: np.ndarray,
-    *,
-    max_shift: int,
-    zooms: tuple[float, ...],
-    threshold: float,
+    thumbnails: Thumbnails, frow: np.ndarray, i: np.ndarray, j: np.ndarray, params: DedupParams
 ) -> np.ndarray:
     """:func:`_confirm_similarity` of row pairs ``(i, j)``, loading only the thumbnails of those rows
     (``frow``: features-table row of each row, -1 for none); -1 where either has no thumbnail.
-
-    ``max_shift``, ``zooms``: as in :func:`thumbnail_similarity`; ``threshold``: the decision
-    whose side :func:`_confirm_similarity` makes exact (``dedup.confirm_similarity``).
+    ``params``: ``align_max_shift`` and ``align_zooms`` align, ``confirm_similarity`` is the
+    threshold whose side :func:`_confirm_similarity` makes exact.
 
     Memory is bounded whatever the number of candidates: thumbnails are held as uint8 (1 KB
     each) and pairs are scored in chunks that involve at most :data:`_CHUNK_IMAGES` images (pairs
@@ -404,9 +398,9 @@ def pair_similarity(
             thumbs[used].astype(np.float32),
             pos[: sel.size],
             pos[sel.size :],
-            max_shift,
-            zooms,
-            threshold,
+            params.align_max_shift,
+            tuple(params.align_zooms),
+            params.confirm_similarity,
         )
     sim[both] = scored
     return sim
