@@ -18,7 +18,7 @@ import logging
 
 import pandas as pd
 
-from pipeline.contract import FINAL_STATES, SPLITS, STATUS_OK, STATUS_REJECTED, included
+from pipeline.contract import FINAL_STATES, SPLITS, STATUS_OK, STATUS_REJECTED, included, require_columns
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +27,7 @@ FINAL_COLUMNS = ["image_id", "path", "final_state", "reason"]
 
 
 def _ids(df: pd.DataFrame, name: str) -> pd.Series:
-    if "image_id" not in df.columns:
-        raise ValueError(f"{name}: missing column 'image_id'; got {list(df.columns)}")
+    require_columns(df, ["image_id"], name)
     ids = df["image_id"].astype(str)
     dup = ids[ids.duplicated()]
     if len(dup):

@@ -1,15 +1,19 @@
-"""The data contract (README, "What runs"): column names, final states and the one inclusion rule.
+"""The data contract (README, "What runs"): column names, issue names, final states and the one
+inclusion rule.
 
 Per-issue columns follow the cleanvision / cleanlab Datalab convention: ``<issue>_score`` in
 [0, 1] (lower is worse) and ``is_<issue>_issue`` for the decision. Only the two helpers below
-build those names.
+build those names, and :data:`QUALITY_ISSUES` is the one list of issue names.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import PurePosixPath
 
 import pandas as pd
+
+from pipeline.errors import InputError
 
 MANIFEST_COLUMNS = [
     "image_id",
@@ -25,6 +29,20 @@ MANIFEST_COLUMNS = [
     "status",
     "reason",
 ]
+
+QUALITY_ISSUES = (
+    "dark",
+    "overexposed",
+    "blurry",
+    "low_information",
+    "low_contrast",
+    "odd_size",
+    "odd_aspect_ratio",
+    "channel_mismatch",
+)
+"""The quality issue names, in their one fixed order (columns of quality.parquet, the ``+``-joined
+``low_quality:`` reasons). ``pipeline.quality.CHECKS``, the ``quality.<issue>_threshold`` params and
+the ``curate.exclude_issues`` values are checked against it (``tests/test_quality.py``)."""
 
 STATUS_OK = "ok"
 STATUS_REJECTED = "rejected"
@@ -60,3 +78,22 @@ def included(curated: pd.DataFrame) -> pd.Series:
         Boolean mask aligned with ``curated``.
     """
     return curated["included"].astype(bool)
+
+
+def require_columns(table: pd.DataFrame, columns: Iterable[str], where: str, hint: str = "") -> None:
+    """Check that ``table`` has every column in ``columns``.
+
+    Args:
+        table: The table read from a file or handed over by a stage.
+        columns: The column names needed.
+        where: What the table is, for the message (``"quality.parquet"``, ``"manifest"``).
+        hint: Optional context for the message (which params key asked for the columns).
+
+    Raises:
+        InputError: ``"<where>: missing column(s) [...]; <hint>; got [...]"``: the missing columns in
+            the order asked, and the columns the table has.
+    """
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        context = f"; {hint}" if hint else ""
+        raise InputError(f"{where}: missing column(s) {missing}{context}; got {list(table.columns)}")

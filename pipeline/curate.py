@@ -3,7 +3,7 @@
 Reasons (first that applies wins, in this order):
 
 1. ``low_quality:<issues>``: the image has one or more of ``curate.exclude_issues``; all of them
-   are named, joined with ``+`` in the fixed order of :data:`pipeline.params.QUALITY_ISSUES`
+   are named, joined with ``+`` in the fixed order of :data:`pipeline.contract.QUALITY_ISSUES`
    (e.g. ``low_quality:dark+low_information``).
 2. ``label_conflict``: the image is in a duplicate cluster whose copies carry different labels
    (``curate.exclude_label_conflicts``): which label is right is unknown, so no copy is kept.
@@ -12,7 +12,8 @@ Reasons (first that applies wins, in this order):
 
 ``group_id`` joins images of one patient and images linked as duplicates (exact or near, also
 through copies that are excluded), as connected components: the split keeps a group together,
-so no two copies and no two patient ids that are really one person land in different splits.
+so no two copies and no two patient ids that are really one person land in different splits
+(:func:`pipeline.graph.key_components`).
 The id is the smallest ``patient_id`` in the group, or the smallest ``image_id`` when no member
 has a patient id.
 """
@@ -23,23 +24,14 @@ import logging
 
 import numpy as np
 import pandas as pd
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
-from pipeline.contract import STATUS_OK, flag_col
-from pipeline.params import QUALITY_ISSUES, CurateParams
+from pipeline.contract import QUALITY_ISSUES, STATUS_OK, flag_col, require_columns
+from pipeline.graph import key_components
+from pipeline.params import CurateParams
 
 log = logging.getLogger(__name__)
 
 CURATED_COLUMNS = ["image_id", "included", "reason", "group_id"]
-
-
-def _chain(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Edges chaining the positions that share a non-empty key."""
-    idx = np.flatnonzero(keys != "")
-    order = idx[np.argsort(keys[idx], kind="stable")]
-    same = keys[order[1:]] == keys[order[:-1]]
-    return order[:-1][same], order[1:][same]
 
 
 def leakage_groups(ok: pd.DataFrame, duplicates: pd.DataFrame) -> np.ndarray:
@@ -52,17 +44,11 @@ def leakage_groups(ok: pd.DataFrame, duplicates: pd.DataFrame) -> np.ndarray:
     Returns:
         Object array of group ids aligned with ``ok``.
     """
-    n = len(ok)
     ids = ok["image_id"].astype(str).to_numpy()
     patients = ok["patient_id"].fillna("").astype(str).to_numpy()
     cluster_of = duplicates.set_index("image_id")["cluster_id"].astype(str)
     cluster = ok["image_id"].map(cluster_of).astype(object).fillna("").astype(str).to_numpy()
-    pi, pj = _chain(patients)
-    ci, cj = _chain(cluster)
-    i, j = np.concatenate([pi, ci]), np.concatenate([pj, cj])
-    comp = connected_components(coo_matrix((np.ones(i.size, np.int8), (i, j)), shape=(n, n)), directed=False)[
-        1
-    ]
+    comp = key_components(patients, cluster)
     frame = pd.DataFrame({"comp": comp, "patient": np.where(patients == "", None, patients), "image_id": ids})
     by_comp = frame.groupby("comp")
     name = by_comp["patient"].min().fillna(by_comp["image_id"].min())
@@ -85,18 +71,18 @@ def curate(
         ``image_id, included, reason, group_id``: one row per ok image, sorted by ``image_id``.
 
     Raises:
-        ValueError: If quality lacks a flag column named in ``exclude_issues``, or if the
-            decision does not cover every ok image exactly once.
+        InputError: If quality lacks a flag column named in ``exclude_issues``.
+        ValueError: If the decision does not cover every ok image exactly once (a bug).
     """
     ok = manifest.loc[manifest["status"] == STATUS_OK, ["image_id", "patient_id"]]
     ok = ok.sort_values("image_id", ignore_index=True)
     reason = pd.Series("", index=ok.index, dtype=object)
 
-    q = quality.set_index("image_id")
     issues = [x for x in QUALITY_ISSUES if x in params.exclude_issues]
-    missing = [flag_col(x) for x in issues if flag_col(x) not in q.columns]
-    if missing:
-        raise ValueError(f"quality.parquet: missing column(s) {missing} named by curate.exclude_issues")
+    require_columns(
+        quality, [flag_col(x) for x in issues], "quality.parquet", hint="named by curate.exclude_issues"
+    )
+    q = quality.set_index("image_id")
     if issues:
         flags = q.reindex(ok["image_id"])[[flag_col(x) for x in issues]].fillna(False).astype(bool).to_numpy()
         names = np.array(issues, dtype=object)

@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline.contract import QUALITY_ISSUES
 from pipeline.errors import InputError
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -154,7 +155,11 @@ class IngestParams(Section):
 
 
 class QualityParams(Section):
-    """Low-quality image detection. Scores are in [0, 1], lower is worse; thresholds on scores."""
+    """Low-quality image detection. Scores are in [0, 1], lower is worse; thresholds on scores.
+
+    One ``<issue>_threshold`` per name of :data:`pipeline.contract.QUALITY_ISSUES` (a test holds
+    them equal).
+    """
 
     dark_threshold: Fraction = 0.1
     overexposed_threshold: Fraction = 0.1
@@ -202,18 +207,6 @@ class DedupParams(Section):
         description="Magnifications tried when aligning (a crop of an image is a zoom of it).",
     )
     n_pairs_sheet: PositiveInt = 24
-
-
-QUALITY_ISSUES = (
-    "dark",
-    "overexposed",
-    "blurry",
-    "low_information",
-    "low_contrast",
-    "odd_size",
-    "odd_aspect_ratio",
-    "channel_mismatch",
-)
 
 
 class CurateParams(Section):

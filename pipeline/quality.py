@@ -2,6 +2,9 @@
 
 Every issue is one function in :data:`CHECKS` that maps the feature table to a score per image
 in [0, 1], lower is worse; ``is_<issue>_issue = score < <issue>_threshold`` (params ``quality``).
+The issue names and their order are :data:`pipeline.contract.QUALITY_ISSUES`: adding a check is one
+function, one ``CHECKS`` line, one name there and one ``<issue>_threshold`` in ``QualityParams``
+(``tests/test_quality.py`` fails until all four agree).
 
 How scores are built (and why they differ from CleanVision's):
 
@@ -36,7 +39,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from pipeline.contract import flag_col, score_col
+from pipeline.contract import flag_col, require_columns, score_col
 from pipeline.params import QualityParams
 
 log = logging.getLogger(__name__)
@@ -198,6 +201,7 @@ def check_channel_mismatch(df: pd.DataFrame, p: QualityParams) -> np.ndarray:
     return np.clip(share, 0.0, 1.0)
 
 
+# Keys: exactly pipeline.contract.QUALITY_ISSUES, in that order (tests/test_quality.py).
 CHECKS: dict[str, Callable[[pd.DataFrame, QualityParams], np.ndarray]] = {
     "dark": check_dark,
     "overexposed": check_overexposed,
@@ -230,14 +234,11 @@ def find_low_quality(features: pd.DataFrame, manifest: pd.DataFrame, params: Qua
         measures in :data:`RAW_COLUMNS`.
 
     Raises:
-        ValueError: If a needed column is missing, or an image of ``features`` has no ok manifest row.
+        InputError: If a needed column is missing.
+        ValueError: If an image of ``features`` has no ok manifest row.
     """
-    missing = sorted(set(FEATURE_COLUMNS) - set(features.columns))
-    if missing:
-        raise ValueError(f"features table: missing column(s) {missing}; expected {FEATURE_COLUMNS}")
-    missing = sorted({"image_id", "width", "height"} - set(manifest.columns))
-    if missing:
-        raise ValueError(f"manifest: missing column(s) {missing}")
+    require_columns(features, FEATURE_COLUMNS, "features table")
+    require_columns(manifest, ["image_id", "width", "height"], "manifest")
     if "status" in manifest.columns:
         manifest = manifest[manifest["status"] == "ok"]
     sizes = manifest.set_index("image_id")[["width", "height"]]

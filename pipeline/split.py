@@ -2,8 +2,9 @@
 
 The unit of assignment is the *leakage group*: ``group_id`` from curation (patients joined by
 near-duplicate links). As a safety net the units are the connected components of ``group_id``
-and ``patient_id`` (and any extra link column, e.g. a duplicate ``cluster_id``), so a patient
-can never straddle two splits even if an upstream table is inconsistent.
+and ``patient_id`` (and any extra link column, e.g. a duplicate ``cluster_id``;
+:func:`pipeline.graph.key_components`), so a patient can never straddle two splits even if an
+upstream table is inconsistent.
 
 Algorithm (deterministic for a given seed, independent of row order):
 
@@ -29,7 +30,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from pipeline.contract import SPLITS
+from pipeline.contract import SPLITS, require_columns
+from pipeline.graph import key_components
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +63,7 @@ def _validate_fractions(fractions: Mapping[str, float]) -> np.ndarray:
 
 
 def _validate_table(table: pd.DataFrame, link_columns: Sequence[str]) -> None:
-    missing = [c for c in (*SPLIT_INPUT_COLUMNS, *link_columns) if c not in table.columns]
-    if missing:
-        raise ValueError(f"split input: missing column(s) {missing}; got columns {list(table.columns)}")
+    require_columns(table, [*SPLIT_INPUT_COLUMNS, *link_columns], "split input")
     for col in ("image_id", "label", "group_id"):
         bad = table[col].isna()
         if bad.any():
@@ -81,31 +81,17 @@ def leakage_units(
     """Connected components of rows that share a value in any of ``link_columns``.
 
     Args:
-        table: Rows to group. Null values in a link column link nothing.
+        table: Rows to group. Null or empty values in a link column link nothing.
         link_columns: Columns whose equal values must stay together.
 
     Returns:
         int64 array (len(table),): unit index per row, numbered by the smallest ``image_id`` in
         the unit, so the numbering does not depend on row order.
     """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    n = len(table)
-    rows, cols = [], []
-    offset = n
-    for col in link_columns:
-        values = table[col]
-        codes, uniques = pd.factorize(values.astype("string"), use_na_sentinel=True)
-        ok = codes >= 0
-        rows.append(np.flatnonzero(ok))
-        cols.append(codes[ok] + offset)
-        offset += len(uniques)
-    r = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
-    c = np.concatenate(cols) if cols else np.zeros(0, dtype=np.int64)
-    graph = coo_matrix((np.ones(len(r), dtype=np.int8), (r, c)), shape=(offset, offset))
-    _, comp = connected_components(graph, directed=False)
-    comp = comp[:n]
+    if not link_columns:
+        comp = np.arange(len(table))
+    else:
+        comp = key_components(*(table[col] for col in link_columns))
     # Renumber components by their smallest image_id: row-order independent.
     first_id = pd.Series(table["image_id"].astype(str).to_numpy()).groupby(comp).min()
     order = {c: i for i, c in enumerate(first_id.sort_values(kind="stable").index)}

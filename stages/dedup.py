@@ -21,11 +21,12 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
-from pipeline.contract import flag_col, score_col
-from pipeline.dedup import MANIFEST_COLUMNS, Thumbnails, find_duplicates, pairs_for_sheet
+from pipeline.contract import QUALITY_ISSUES, flag_col, score_col
+from pipeline.dedup import MANIFEST_COLUMNS, find_duplicates, pairs_for_sheet
 from pipeline.io import write_csv, write_json, write_parquet, write_png
-from pipeline.params import QUALITY_ISSUES, load_params
+from pipeline.params import load_params
 from pipeline.sheets import make_contact_sheet, read_for_sheet
+from pipeline.similarity import Thumbnails
 from stages._cli import run
 
 log = logging.getLogger("stages.dedup")

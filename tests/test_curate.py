@@ -7,8 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline.contract import QUALITY_ISSUES
 from pipeline.curate import check_nothing_lost, curate
-from pipeline.params import QUALITY_ISSUES, CurateParams
+from pipeline.params import CurateParams
 
 
 def _tables(n: int = 8):

@@ -8,12 +8,14 @@ import pandas as pd
 import pytest
 from imagededup.methods import PHash
 
-from pipeline import dedup, io
-from pipeline.dedup import Thumbnails, find_duplicates, thumbnail_similarity
+from pipeline import io, similarity
+from pipeline.dedup import exact_links, find_duplicates, ok_images
 from pipeline.demo import render_radiograph, sample_anatomy, sample_view
+from pipeline.errors import InputError
 from pipeline.features import compute_features
 from pipeline.hamming_index import bruteforce_pairs, hex_to_uint64, plan_chunks, search_pairs
 from pipeline.params import DedupParams
+from pipeline.similarity import Thumbnails
 
 
 def _hashes_with_near_pairs(n: int, max_flip: int, seed: int) -> np.ndarray:
@@ -177,7 +179,7 @@ def test_thumbnails_streamed_from_parquet_and_chunked_pairs_give_the_in_memory_r
     io.write_parquet(features, tmp_path / "features.parquet")
     quality = pd.DataFrame({"image_id": []})
     in_memory = find_duplicates(manifest, features, quality, DedupParams())
-    monkeypatch.setattr(dedup, "_CHUNK_IMAGES", 3)  # and pairs scored a few images at a time
+    monkeypatch.setattr(similarity, "_CHUNK_IMAGES", 3)  # and pairs scored a few images at a time
     streamed = find_duplicates(
         manifest,
         features.drop(columns=["thumb", "thumb_size"]),
@@ -189,27 +191,6 @@ def test_thumbnails_streamed_from_parquet_and_chunked_pairs_give_the_in_memory_r
     pd.testing.assert_frame_equal(streamed.pairs, in_memory.pairs)
     assert "p0/jpeg.png" not in set(in_memory.duplicates["image_id"])
     assert in_memory.metrics["n_near"] > 0
-
-
-def test_similarity_is_robust_to_shift_and_rejects_other_images() -> None:
-    rng = np.random.default_rng(1)
-    a = sample_anatomy(rng)
-    img = render_radiograph(a, sample_view(rng), "normal", 128, 128, rng)
-    other = render_radiograph(a, sample_view(rng), "normal", 128, 128, rng)
-    shifted = np.roll(img, 4, axis=1)
-    blank = np.full_like(img, 90)
-    t = np.stack(
-        [
-            np.frombuffer(compute_features(x, 8)["thumb"], np.uint8).reshape(32, 32)
-            for x in (img, shifted, other, blank)
-        ]
-    ).astype(np.float32)
-    sim = thumbnail_similarity(
-        t, np.array([0, 0, 0]), np.array([1, 2, 3]), max_shift=2, zooms=(1.0, 1.05, 1.1)
-    )
-    assert sim[0] >= DedupParams().confirm_similarity
-    assert sim[1] < DedupParams().confirm_similarity
-    assert sim[2] == -1.0
 
 
 def _clustered_hashes(n_families: int, family_size: int, max_flip: int, seed: int) -> np.ndarray:
@@ -240,51 +221,6 @@ def test_index_equals_bruteforce_with_repeated_keys_threads_and_long_chunks(max_
                 np.testing.assert_array_equal(g, e)
 
 
-def _random_thumbs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Smooth random 32x32 thumbnails, some flat, some shifted noisy copies of others."""
-    rng = np.random.default_rng(seed)
-    small = rng.random((n, 6, 6)).astype(np.float32)
-    t = np.stack([cv2.resize(x, (32, 32), interpolation=cv2.INTER_CUBIC) for x in small]) * 200 + 20
-    t[:: n // 10] = 77.0
-    src, dst = rng.integers(0, n, size=(2, n // 4))
-    t[dst] = np.roll(t[src], 1, axis=2) + rng.normal(0, 2, (src.size, 32, 32))
-    return np.clip(t + rng.normal(0, 2, t.shape), 0, 255).round().astype(np.float32), src, dst
-
-
-def test_confirmation_identical_to_reference_on_random_thumbnails() -> None:
-    from pipeline.dedup import _confirm_similarity, _reference_similarity
-
-    thumbs, src, dst = _random_thumbs(300, seed=5)
-    rng = np.random.default_rng(6)
-    i, j = rng.integers(0, 300, size=(2, 3000))
-    i, j = np.concatenate([i, src]), np.concatenate([j, dst])
-    i, j = i[i != j], j[i != j]
-    args = (2, (1.0, 1.05, 1.1))
-    ref = _reference_similarity(thumbs, i, j, *args)
-    fast = thumbnail_similarity(thumbs, i, j, *args)
-    np.testing.assert_allclose(fast, ref, atol=1e-5)
-    assert np.array_equal(fast == -1.0, ref == -1.0)  # same flat windows
-    for threshold in (0.9, 0.96, float(np.median(ref))):
-        got = _confirm_similarity(thumbs, i, j, *args, threshold)
-        assert np.array_equal(got >= threshold, ref >= threshold)
-        assert np.array_equal(got.round(4), ref.round(4))
-    assert (ref >= 0.96).sum() > 10  # the planted copies are there
-
-
-@pytest.mark.parametrize("max_images", [1, 2, 5, 40])
-def test_pair_chunks_cover_every_pair_once_within_the_image_budget(max_images) -> None:
-    rng = np.random.default_rng(max_images)
-    a, b = rng.integers(0, 30, 200), rng.integers(0, 30, 200)
-    pairs = np.flatnonzero(a != b)[:150]
-    chunks = list(dedup._pair_chunks(a, b, pairs, max_images))
-    assert sorted(np.concatenate(chunks).tolist()) == sorted(pairs.tolist())
-    for k, sel in enumerate(chunks):  # a pair has 2 images: a budget of 1 still takes one pair
-        assert len(np.unique(np.concatenate([a[sel], b[sel]]))) <= max(max_images, 2)
-        if max_images >= 2 and k + 1 < len(chunks):  # greedy: the next pair would not have fit
-            nxt = chunks[k + 1][0]
-            assert len(np.unique(np.concatenate([a[sel], b[sel], [a[nxt], b[nxt]]]))) > max_images
-
-
 def test_a_damaged_thumbnail_is_named_by_its_row(planted, tmp_path) -> None:
     manifest, features, _ = planted
     features = features.reset_index(drop=True)
@@ -298,4 +234,29 @@ def test_a_damaged_thumbnail_is_named_by_its_row(planted, tmp_path) -> None:
             pd.DataFrame({"image_id": []}),
             DedupParams(),
             Thumbnails.from_parquet(tmp_path / "features.parquet"),
+        )
+
+
+def test_exact_links_one_per_pair_of_same_bytes_or_same_pixels() -> None:
+    ids = ["a.png", "b.png", "c.png", "d.png", "e.png"]
+    manifest = pd.DataFrame({"image_id": ids, "sha256": ["s1", "s1", "s2", "s3", "s4"], "status": "ok"})
+    features = pd.DataFrame({"image_id": ids[::-1], "pixel_sha256": [None, "p2", "p2", "p1", "p1"]})
+    images = ok_images(manifest, features)
+    assert images["image_id"].tolist() == ids  # sorted by image_id, whatever the input order
+    i, j = exact_links(images)
+    # a-b share bytes and pixels (one link), c-d share only pixels, e has no pixel hash
+    assert list(zip(i.tolist(), j.tolist(), strict=True)) == [(0, 1), (2, 3)]
+
+
+def test_a_missing_column_names_the_table(planted) -> None:
+    manifest, features, _ = planted
+    with pytest.raises(
+        InputError, match=r"features: missing column\(s\) \['pixel_sha256'\]; dedup.hash_method"
+    ):
+        find_duplicates(
+            manifest, features.drop(columns="pixel_sha256"), pd.DataFrame({"image_id": []}), DedupParams()
+        )
+    with pytest.raises(InputError, match=r"manifest: missing column\(s\) \['sha256'\]"):
+        find_duplicates(
+            manifest.drop(columns="sha256"), features, pd.DataFrame({"image_id": []}), DedupParams()
         )

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.contract import flag_col, score_col
+from pipeline.contract import QUALITY_ISSUES, flag_col, score_col
 from pipeline.features import compute_features
-from pipeline.params import QualityParams
+from pipeline.params import CurateParams, QualityParams, load_params
 from pipeline.quality import CHECKS, find_low_quality
 
 PARAMS = QualityParams()
@@ -162,7 +162,6 @@ def test_missing_columns_and_unknown_images_are_errors():
 
 def test_stage_writes_outputs(tmp_path):
     from pipeline.io import write_parquet
-    from pipeline.params import load_params
     from stages import quality as stage
 
     pytest.importorskip("pipeline.images")
@@ -196,3 +195,21 @@ def test_stage_writes_outputs(tmp_path):
     q = pd.read_parquet(tmp_path / "quality.parquet")
     assert q.loc[q[flag_col("dark")], "image_id"].tolist() == ["images/dark.png"]
     assert sorted(p.name for p in (tmp_path / "sheets").iterdir()) == sorted(f"{i}.png" for i in CHECKS)
+
+
+def test_checks_thresholds_and_curate_options_share_the_one_issue_list():
+    """pipeline.contract.QUALITY_ISSUES is the vocabulary: a check, a threshold or a curate option
+    that is added, renamed or dropped in one place and not the others fails here."""
+    assert tuple(CHECKS) == QUALITY_ISSUES  # same names, same order (columns, reasons)
+    thresholds = [
+        k.removesuffix("_threshold") for k in QualityParams.model_fields if k.endswith("_threshold")
+    ]
+    assert sorted(thresholds) == sorted(QUALITY_ISSUES)
+    params_yaml = load_params("params.yaml")
+    assert set(params_yaml.curate.exclude_issues) <= set(QUALITY_ISSUES)
+    assert CurateParams(exclude_issues=list(QUALITY_ISSUES)).exclude_issues == list(QUALITY_ISSUES)
+    with pytest.raises(ValueError, match=r"unknown quality issue\(s\) \['noisy'\]"):
+        CurateParams(exclude_issues=["dark", "noisy"])
+    q = score(clean_set(4))
+    issue_columns = [c for c in q.columns if c.endswith("_score") or c.endswith("_issue")]
+    assert issue_columns == [c for x in QUALITY_ISSUES for c in (score_col(x), flag_col(x))]
