@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.contract import flag_col, require_columns, score_col
+from pipeline.errors import InputError
 from pipeline.params import QualityParams
 
 log = logging.getLogger(__name__)
@@ -244,7 +245,7 @@ def find_low_quality(features: pd.DataFrame, manifest: pd.DataFrame, params: Qua
     sizes = manifest.set_index("image_id")[["width", "height"]]
     lost = features.loc[~features["image_id"].isin(sizes.index), "image_id"]
     if len(lost):
-        raise ValueError(
+        raise InputError(
             f"features table: {len(lost)} image_id(s) have no ok manifest row, e.g. {lost.iloc[0]!r}"
         )
     df = features.reset_index(drop=True).join(sizes, on="image_id")

@@ -1,13 +1,18 @@
-"""Contact sheets: a grid of captioned thumbnails, for humans reviewing flagged images."""
+"""Contact sheets: a grid of captioned thumbnails, for humans reviewing flagged images.
+
+The quality stage's per-issue galleries (:func:`issue_sheet`), dedup's pair sheet (:func:`pairs_sheet`) and
+the label-issue sheet are all built here, from files under the data root or from arrays.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -109,3 +114,55 @@ def read_for_sheet(path: str | Path, max_pixels: int, multi_frame: str = "first"
     except ImageRejected as err:
         log.warning("%s: cannot decode for the sheet: %s", path, err)
         return None
+
+
+def issue_sheet(
+    image_ids: Sequence[str],
+    scores: Sequence[float],
+    paths: Mapping[str, str],
+    root: str | Path,
+    max_pixels: int,
+    multi_frame: str = "first",
+) -> np.ndarray:
+    """Gallery of flagged images, each captioned ``<score> <file name>`` (unreadable files are skipped).
+
+    Args:
+        image_ids: The images, in the order to show them (worst first).
+        scores: Their issue scores in [0, 1] (lower is worse).
+        paths: image_id -> path relative to ``root``.
+        root: The data root.
+        max_pixels, multi_frame: Decoding limits (ingest params).
+    """
+    images, captions = [], []
+    for image_id, score in zip(image_ids, scores, strict=True):
+        pixels = read_for_sheet(Path(root) / paths[image_id], max_pixels, multi_frame)
+        if pixels is not None:
+            images.append(pixels)
+            captions.append(f"{score:.2f} {Path(image_id).name}")
+    return make_contact_sheet(images, captions, tile_px=128, n_cols=6)
+
+
+def pairs_sheet(
+    pairs: pd.DataFrame,
+    paths: Mapping[str, str],
+    root: str | Path,
+    max_pixels: int,
+    multi_frame: str = "first",
+) -> np.ndarray:
+    """Candidate duplicate pairs side by side, each tile captioned ``<dup|no> <similarity> d<bits> <stem>``.
+
+    Args:
+        pairs: ``image_id_a, image_id_b, is_confirmed, similarity, distance`` rows to show.
+        paths, root, max_pixels, multi_frame: As in :func:`issue_sheet`.
+    """
+    images, captions = [], []
+    for row in pairs.itertuples():
+        ids = (row.image_id_a, row.image_id_b)
+        pair = [read_for_sheet(Path(root) / paths[x], max_pixels, multi_frame) for x in ids]
+        if any(p is None for p in pair):
+            continue
+        verdict = "dup" if row.is_confirmed else "no"
+        for pixels, image_id in zip(pair, ids, strict=True):
+            images.append(pixels)
+            captions.append(f"{verdict} {row.similarity:.3f} d{row.distance} {Path(image_id).stem}")
+    return make_contact_sheet(images, captions, tile_px=128, n_cols=6)

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.contract import SPLITS, require_columns
+from pipeline.errors import InputError
 from pipeline.graph import key_components
 
 log = logging.getLogger(__name__)
@@ -51,14 +52,14 @@ def fractions_from_params(params: object) -> dict[str, float]:
 def _validate_fractions(fractions: Mapping[str, float]) -> np.ndarray:
     unknown = sorted(set(fractions) - set(SPLITS))
     if unknown:
-        raise ValueError(f"split fractions: unknown split(s) {unknown}; expected keys {list(SPLITS)}")
+        raise InputError(f"split fractions: unknown split(s) {unknown}; expected keys {list(SPLITS)}")
     frac = np.array([float(fractions.get(s, 0.0)) for s in SPLITS])
     if (frac < 0).any() or abs(frac.sum() - 1.0) > 1e-6:
-        raise ValueError(
+        raise InputError(
             f"split fractions must be >= 0 and sum to 1, got {dict(zip(SPLITS, frac.tolist(), strict=True))}"
         )
     if frac[0] <= 0:
-        raise ValueError("split fractions: train fraction must be > 0")
+        raise InputError("split fractions: train fraction must be > 0")
     return frac
 
 
@@ -254,7 +255,7 @@ def assign_splits(
     too_few = [(c, int(k)) for c, k in zip(classes, units_per_class, strict=True) if k < len(active)]
     if too_few:
         names = ", ".join(f"'{c}' ({k} group{'s' if k != 1 else ''})" for c, k in too_few)
-        raise ValueError(
+        raise InputError(
             f"cannot stratify by label: class {names} must appear in at least {len(active)} leakage groups "
             f"(one per non-empty split {[SPLITS[i] for i in active]}); collect more patients for it, drop it "
             "from the labels table, or set split.val_fraction: 0"

@@ -16,7 +16,6 @@ Params: ``data.truth``, ``label_issues.action``.
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
@@ -25,17 +24,15 @@ import pandas as pd
 from pipeline.accounting import check_accounting, final_states
 from pipeline.errors import InputError
 from pipeline.io import read_json, write_json, write_parquet
-from pipeline.params import load_params
-from stages._cli import run
+from stages._cli import run, start
 
 log = logging.getLogger("stages.accounting")
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--params", default="params.yaml")
-    for flag in (
+    args, params = start(
+        __doc__,
+        argv,
         "--manifest",
         "--quality",
         "--duplicates",
@@ -45,10 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         "--out",
         "--metrics",
         "--truth-metrics",
-    ):
-        ap.add_argument(flag, required=True, type=Path)
-    args = ap.parse_args(argv)
-    params = load_params(args.params)
+    )
 
     manifest = pd.read_parquet(args.manifest)
     curated = pd.read_parquet(args.curated)

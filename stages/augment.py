@@ -14,29 +14,19 @@ Params: seed, augment.* (domain, transforms, allow_unsafe, horizontal_flip, mixu
 
 from __future__ import annotations
 
-import argparse
 import logging
 
 from pipeline.augment import build_policy, make_preview, policy_to_dict
 from pipeline.errors import InputError
 from pipeline.io import write_json, write_png
-from pipeline.params import load_params
 from pipeline.processed import ProcessedData
-from stages._cli import run
+from stages._cli import run, start
 
 logger = logging.getLogger("stages.augment")
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--processed", required=True, help="data/processed folder (normalize output)")
-    parser.add_argument("--policy", required=True, help="output policy JSON")
-    parser.add_argument("--preview", required=True, help="output preview PNG")
-    args = parser.parse_args(argv)
-
-    params = load_params(args.params)
+    args, params = start(__doc__, argv, "--processed", "--policy", "--preview")
     cfg = params.augment
     images, _ = ProcessedData(args.processed).split("train")
     if images.ndim != 4:

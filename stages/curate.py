@@ -9,31 +9,19 @@ Params: ``curate`` (exclude_issues, keep_one_per_duplicate_cluster, exclude_labe
 
 from __future__ import annotations
 
-import argparse
 import logging
-from pathlib import Path
 
 import pandas as pd
 
 from pipeline.curate import curate, summarize
 from pipeline.io import write_json, write_parquet
-from pipeline.params import load_params
-from stages._cli import run
+from stages._cli import run, start
 
 log = logging.getLogger("stages.curate")
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--manifest", required=True, type=Path)
-    ap.add_argument("--quality", required=True, type=Path)
-    ap.add_argument("--duplicates", required=True, type=Path)
-    ap.add_argument("--out", required=True, type=Path)
-    ap.add_argument("--metrics", required=True, type=Path)
-    args = ap.parse_args(argv)
-    params = load_params(args.params)
+    args, params = start(__doc__, argv, "--manifest", "--quality", "--duplicates", "--out", "--metrics")
 
     manifest = pd.read_parquet(args.manifest)
     curated = curate(manifest, pd.read_parquet(args.quality), pd.read_parquet(args.duplicates), params.curate)

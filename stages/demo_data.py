@@ -8,25 +8,16 @@ Params: ``seed``, ``demo.*``.
 
 from __future__ import annotations
 
-import argparse
 import logging
-from pathlib import Path
 
 from pipeline.demo import generate_demo, summarize
-from pipeline.params import load_params
-from stages._cli import run
+from stages._cli import run, start
 
 log = logging.getLogger("stages.demo_data")
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--out", type=Path, required=True, help="Dataset folder to (re)write.")
-    args = parser.parse_args(argv)
-
-    params = load_params(args.params)
+    args, params = start(__doc__, argv, "--out")
     truth = generate_demo(args.out, params.demo, params.seed)
     n_files = sum(1 for p in (args.out / "images").rglob("*") if p.is_file())
     log.info(

@@ -10,10 +10,6 @@ Params: seed (bootstrap), evaluate.*.
 
 from __future__ import annotations
 
-import argparse
-import logging
-from pathlib import Path
-
 import numpy as np
 
 from pipeline import evaluate as ev
@@ -21,18 +17,12 @@ from pipeline.checkpoint import Checkpoint
 from pipeline.errors import InputError
 from pipeline.inference import predict_proba, select_device
 from pipeline.io import write_csv, write_json
-from pipeline.params import load_params
 from pipeline.processed import ProcessedData
-from stages._cli import run
+from stages._cli import run, start
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for flag in ("--params", "--processed", "--model", "--metrics", "--plots", "--predictions"):
-        ap.add_argument(flag, type=Path, required=True)
-    args = ap.parse_args(argv)
-    params = load_params(args.params)
+    args, params = start(__doc__, argv, "--processed", "--model", "--metrics", "--plots", "--predictions")
     p = params.evaluate
 
     ckpt = Checkpoint.load(args.model)

@@ -15,30 +15,19 @@ Params: data.root, data.labels, ingest.* (extensions, max_pixels, max_file_mb, m
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
 from pipeline.errors import InputError
 from pipeline.ingest import ingest
 from pipeline.io import write_csv, write_json, write_parquet
-from pipeline.params import load_params
-from stages._cli import run
+from stages._cli import run, start
 
 logger = logging.getLogger("stages.ingest")
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--manifest", required=True, help="output manifest parquet")
-    parser.add_argument("--features", required=True, help="output features parquet (ok rows)")
-    parser.add_argument("--rejected", required=True, help="output CSV of rejected files")
-    parser.add_argument("--metrics", required=True, help="output metrics JSON")
-    args = parser.parse_args(argv)
-
-    params = load_params(args.params)
+    args, params = start(__doc__, argv, "--manifest", "--features", "--rejected", "--metrics")
     # features stream to their file as images are measured (never whole in memory)
     result = ingest(
         params.data.root,

@@ -10,10 +10,8 @@ Params: seed, label_issues.*, model.* (cnn auditor), train.device/batch_size/lr/
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,27 +20,14 @@ from pipeline import label_issues as li
 from pipeline.contract import SPLITS, STATUS_OK
 from pipeline.errors import InputError
 from pipeline.io import write_csv, write_json, write_parquet, write_png
-from pipeline.params import load_params
 from pipeline.processed import ProcessedData
-from stages._cli import run
+from stages._cli import run, start
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for flag in (
-        "--params",
-        "--processed",
-        "--duplicates",
-        "--manifest",
-        "--csv",
-        "--out",
-        "--top",
-        "--metrics",
-    ):
-        ap.add_argument(flag, type=Path, required=True)
-    args = ap.parse_args(argv)
-    params = load_params(args.params)
+    args, params = start(
+        __doc__, argv, "--processed", "--duplicates", "--manifest", "--csv", "--out", "--top", "--metrics"
+    )
     p = params.label_issues
     t0 = time.perf_counter()
 

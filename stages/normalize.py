@@ -12,29 +12,21 @@ Params: ``normalize`` (image_size, aspect, mode, percentile_range, keep_uint16, 
 
 from __future__ import annotations
 
-import argparse
 import logging
-from pathlib import Path
 
 import pandas as pd
 
 from pipeline.io import write_json
 from pipeline.normalize import build_processed
-from pipeline.params import load_params
-from stages._cli import run
+from stages._cli import run, start
 
 log = logging.getLogger("stages.normalize")
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--params", default="params.yaml")
-    for flag in ("--manifest", "--curated", "--splits", "--out", "--metrics"):
-        ap.add_argument(flag, required=True, type=Path)
-    ap.add_argument("--features", type=Path, default=None, help="features.parquet (16-bit stored range)")
-    args = ap.parse_args(argv)
-    params = load_params(args.params)
+    args, params = start(
+        __doc__, argv, "--manifest", "--curated", "--splits", "--out", "--metrics", optional=("--features",)
+    )
 
     manifest = pd.read_parquet(args.manifest)
     features = None

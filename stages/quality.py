@@ -12,7 +12,6 @@ Params: ``quality`` (thresholds, robust_z, size/aspect tolerance, n_contact_shee
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
@@ -21,7 +20,6 @@ import pandas as pd
 from pipeline.contract import score_col
 from pipeline.errors import InputError
 from pipeline.io import write_json, write_parquet, write_png
-from pipeline.params import load_params
 from pipeline.quality import (
     CHECKS,
     FEATURE_COLUMNS,
@@ -30,34 +28,14 @@ from pipeline.quality import (
     summarize,
     worst_flagged,
 )
-from pipeline.sheets import make_contact_sheet, read_for_sheet
-from stages._cli import run
+from pipeline.sheets import issue_sheet
+from stages._cli import run, start
 
 log = logging.getLogger("stages.quality")
 
 
-def _sheet(rows: pd.DataFrame, issue: str, manifest: pd.DataFrame, root: Path, params) -> object:
-    images, captions = [], []
-    paths = manifest.set_index("image_id")["path"]
-    for image_id, score in zip(rows["image_id"], rows[score_col(issue)], strict=True):
-        pixels = read_for_sheet(root / paths[image_id], params.ingest.max_pixels, params.ingest.multi_frame)
-        if pixels is not None:
-            images.append(pixels)
-            captions.append(f"{score:.2f} {Path(image_id).name}")
-    return make_contact_sheet(images, captions, tile_px=128, n_cols=6)
-
-
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--manifest", required=True, type=Path)
-    ap.add_argument("--features", required=True, type=Path)
-    ap.add_argument("--out", required=True, type=Path)
-    ap.add_argument("--sheets", required=True, type=Path)
-    ap.add_argument("--metrics", required=True, type=Path)
-    args = ap.parse_args(argv)
-    params = load_params(args.params)
+    args, params = start(__doc__, argv, "--manifest", "--features", "--out", "--sheets", "--metrics")
 
     manifest = pd.read_parquet(args.manifest, columns=[*MANIFEST_COLUMNS, "path"])
     manifest = manifest[manifest["status"] == "ok"]
@@ -73,9 +51,18 @@ def main(argv: list[str] | None = None) -> int:
     metrics = summarize(quality)
     write_json(metrics, args.metrics)
     root = Path(params.data.root)
+    paths = manifest.set_index("image_id")["path"]
     for issue in CHECKS:
         rows = worst_flagged(quality, issue, params.quality.n_contact_sheet)
-        write_png(_sheet(rows, issue, manifest, root, params), args.sheets / f"{issue}.png")
+        sheet = issue_sheet(
+            rows["image_id"],
+            rows[score_col(issue)],
+            paths,
+            root,
+            params.ingest.max_pixels,
+            params.ingest.multi_frame,
+        )
+        write_png(sheet, args.sheets / f"{issue}.png")
     log.info("%d images; flagged: %s", metrics["n_images"], metrics["flagged"])
     return 0
 

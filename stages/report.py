@@ -9,7 +9,6 @@ Params: report.n_gallery.
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
@@ -18,9 +17,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.io import read_json, write_text
-from pipeline.params import load_params
 from pipeline.report import AuditInputs, build_report
-from stages._cli import run
+from stages._cli import run, start
 
 log = logging.getLogger("stages.report")
 
@@ -58,18 +56,10 @@ def _curves(live_dir: Path) -> pd.DataFrame | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--metrics", type=Path, default=Path("metrics"))
-    ap.add_argument("--reports", type=Path, default=Path("reports"))
-    ap.add_argument("--interim", type=Path, default=Path("data/interim"))
-    ap.add_argument("--processed", type=Path, default=Path("data/processed"))
-    ap.add_argument("--plots", type=Path, default=Path("plots"))
-    ap.add_argument("--live", type=Path, default=Path("dvclive"))
-    ap.add_argument("--out", type=Path, default=Path("reports/audit.html"))
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    params = load_params(args.params).report
+    args, params = start(
+        __doc__, argv, "--metrics", "--reports", "--interim", "--processed", "--plots", "--live", "--out"
+    )
+    params = params.report
 
     m, r, i = args.metrics, args.reports, args.interim
     quality_dir = r / "quality"

@@ -16,16 +16,13 @@ two splits, and the accounting (every input file in exactly one final state) mus
 
 from __future__ import annotations
 
-import argparse
 import logging
-from pathlib import Path
 
 import pandas as pd
 
 from pipeline.accounting import check_accounting, final_states
 from pipeline.contract import included
 from pipeline.io import write_csv, write_json, write_parquet
-from pipeline.params import load_params
 from pipeline.split import (
     assign_splits,
     balance_table,
@@ -33,19 +30,15 @@ from pipeline.split import (
     fractions_from_params,
     split_metrics,
 )
-from stages._cli import run
+from stages._cli import run, start
 
 log = logging.getLogger("stages.split")
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--params", default="params.yaml")
-    for flag in ("--manifest", "--curated", "--duplicates", "--out", "--metrics", "--balance"):
-        ap.add_argument(flag, required=True, type=Path)
-    args = ap.parse_args(argv)
-    params = load_params(args.params)
+    args, params = start(
+        __doc__, argv, "--manifest", "--curated", "--duplicates", "--out", "--metrics", "--balance"
+    )
     fractions = fractions_from_params(params.split)
 
     manifest = pd.read_parquet(args.manifest)

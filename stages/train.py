@@ -12,10 +12,7 @@ Multi-GPU: ``torchrun --nproc_per_node=N -m stages.train <same args>``; only ran
 
 from __future__ import annotations
 
-import argparse
-import logging
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -28,18 +25,14 @@ from pipeline.distributed import cleanup_distributed, setup_distributed
 from pipeline.io import write_json
 from pipeline.live import log_live, open_live
 from pipeline.models import build_model
-from pipeline.params import load_params
 from pipeline.processed import ProcessedData
-from stages._cli import run
+from stages._cli import run, start
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for flag in ("--params", "--processed", "--policy", "--label-issues", "--model", "--live", "--metrics"):
-        ap.add_argument(flag, type=Path, required=True)
-    args = ap.parse_args(argv)
-    params = load_params(args.params)
+    args, params = start(
+        __doc__, argv, "--processed", "--policy", "--label-issues", "--model", "--live", "--metrics"
+    )
     m = params.model
     t0 = time.perf_counter()
     dist_info = setup_distributed(params.train.device)

@@ -7,6 +7,7 @@ import pickle
 import pytest
 import torch
 
+from pipeline.errors import InputError
 from pipeline.models import ARCHS, adapt_first_conv, build_model
 
 
@@ -67,7 +68,7 @@ def test_weights_of_another_arch_are_refused(tmp_path) -> None:
 
 
 def test_missing_weights_file_is_not_downloaded(tmp_path) -> None:
-    with pytest.raises(FileNotFoundError, match="never downloaded"):
+    with pytest.raises(InputError, match="never downloaded"):
         build_model("resnet18", 3, 3, weights_path=tmp_path / "nope.pth")
 
 
