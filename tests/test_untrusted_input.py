@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
+import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -14,7 +17,7 @@ from PIL import Image
 
 from pipeline.images import ImageRejected, decode_image
 from pipeline.ingest import ingest
-from pipeline.params import IngestParams
+from pipeline.params import ExecutorParams, IngestParams
 
 GRAY = (np.random.default_rng(3).random((24, 40)) * 255).astype(np.uint8)
 
@@ -155,9 +158,7 @@ def test_symlink_loop_is_a_rejection(tmp_path: Path):
         table = None
         if labels:
             table = root / "labels.csv"
-            table.write_text(
-                "image_path,label,patient_id\nc/ok.png,x,p1\nc/a.png,x,p2\n", encoding="utf-8"
-            )
+            table.write_text("image_path,label,patient_id\nc/ok.png,x,p1\nc/a.png,x,p2\n", encoding="utf-8")
         result = ingest(root, table, IngestParams())
         m = result.manifest.set_index("path")
         assert m.loc["c/ok.png", "status"] == "ok"
@@ -166,3 +167,92 @@ def test_symlink_loop_is_a_rejection(tmp_path: Path):
         detail = result.rejected.set_index("path").loc["c/a.png", "detail"]
         assert "symlink" in detail and "loop" in detail
         table and table.unlink()
+
+
+# ------------------------------------------------------------------ bounded work, clean kills
+
+
+def _slow_decode(*args, **kwargs):
+    time.sleep(30)
+    return decode_image(*args, **kwargs)
+
+
+def test_a_file_past_its_budget_is_a_timeout_and_the_run_goes_on(tmp_path: Path, monkeypatch):
+    import pipeline.ingest
+
+    root = tmp_path / "root"
+    (root / "c").mkdir(parents=True)
+    for name in ("a.png", "slow.png", "z.png"):
+        (root / "c" / name).write_bytes(enc(Image.fromarray(GRAY), "PNG"))
+    real = pipeline.ingest.decode_image
+    monkeypatch.setattr(
+        pipeline.ingest,
+        "decode_image",
+        lambda data, *a, name="", **k: (
+            _slow_decode(data, *a, name=name, **k) if name == "slow.png" else real(data, *a, name=name, **k)
+        ),
+    )
+    params = IngestParams(max_seconds_per_file=0.5)
+    for executor in (ExecutorParams(n_workers=1), ExecutorParams(n_workers=2, chunk_size=1)):
+        result = ingest(root, None, params, executor)
+        m = result.manifest.set_index("path")
+        assert m.loc["c/slow.png", "reason"] == "timeout"
+        assert (m.drop(index="c/slow.png")["status"] == "ok").all()
+        assert result.metrics["rejected_by_reason"]["timeout"] == 1
+        assert "max_seconds_per_file=0.5" in result.rejected.set_index("path").loc["c/slow.png", "detail"]
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _wait_for(condition, seconds: float = 30.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_kill_9_leaves_no_orphan_workers_and_the_next_run_removes_its_temp_file(tmp_path: Path):
+    """Issue 14 item 4: a killed ingest's workers exit, and its temp file goes at the next run."""
+    root, out = tmp_path / "root", tmp_path / "interim" / "features.parquet"
+    (root / "c").mkdir(parents=True)
+    for k in range(4):
+        (root / "c" / f"{k}.png").write_bytes(enc(Image.fromarray(GRAY), "PNG"))
+    script = f"""
+import pipeline.ingest, tests.test_untrusted_input as t
+from pipeline.params import ExecutorParams, IngestParams
+pipeline.ingest.decode_image = t._slow_decode  # inherited by the forked workers
+pipeline.ingest.ingest({str(root)!r}, None, IngestParams(max_seconds_per_file=None),
+                       ExecutorParams(n_workers=2, chunk_size=1), features_out={str(out)!r})
+"""
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=repo, env=env)
+    try:
+        assert _wait_for(lambda: len(_children(proc.pid)) >= 2 and any(out.parent.glob("*.tmp")))
+        workers = _children(proc.pid)
+        proc.kill()  # SIGKILL: no finally block, no atexit, no pool shutdown
+        proc.wait()
+        assert _wait_for(lambda: not any(Path(f"/proc/{w}").exists() for w in workers), 10), (
+            "workers outlived their killed parent"
+        )
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stale = list(out.parent.glob("*.tmp"))
+    assert stale, "the killed run should have left its temp file"
+    result = ingest(root, None, IngestParams(), features_out=out)
+    assert result.metrics["n_ok"] == 4 and out.is_file()
+    assert not any(p.exists() for p in stale) and not list(out.parent.glob("*.tmp"))
