@@ -55,8 +55,8 @@ from pipeline.contract import MANIFEST_COLUMNS, STATUS_OK, STATUS_REJECTED, imag
 from pipeline.errors import InputError
 from pipeline.images import REASONS as IMAGE_REASONS
 from pipeline.images import ImageRejected, decode_image
-from pipeline.labels import is_missing, resolve_label_variants
 from pipeline.io import parquet_stream
+from pipeline.labels import is_missing, resolve_label_variants
 from pipeline.parallel import map_chunks
 from pipeline.params import ExecutorParams, IngestParams
 

@@ -79,7 +79,6 @@ class DataParams(Section):
         default=None, description="Ground-truth file of planted problems (demo data only)."
     )
 
-
     @field_validator("root")
     @classmethod
     def _not_the_project(cls, v: str) -> str:

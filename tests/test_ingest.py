@@ -62,7 +62,11 @@ def make_dataset(root: Path) -> dict[str, str]:
         expected[rel] = reason
     rows = [(rel, "a", "p1") for rel in files if rel not in ("img/unlisted.png",)]
     rows = [
-        (rel, {"img/nolabel.png": "", "img/ok2.png": "b"}.get(rel, "a"), "" if rel == "img/nopatient.png" else "p1")
+        (
+            rel,
+            {"img/nolabel.png": "", "img/ok2.png": "b"}.get(rel, "a"),
+            "" if rel == "img/nopatient.png" else "p1",
+        )
         for rel, _, _ in rows
     ]
     write_table(root / "labels.csv", rows)
