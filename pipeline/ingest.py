@@ -336,7 +336,7 @@ def _ingest_file(task: FileTask) -> FileResult:
         bit_depth=image.bit_depth,
         format=image.format,
     )
-    if not row["patient_id"]:
+    if is_missing(row["patient_id"]):
         if image.patient_id:
             row["patient_id"] = image.patient_id
         elif task.patient_from_stem:

@@ -61,7 +61,7 @@ def resolve_label_variants(
         if key in canonical:
             mapping.update({v: canonical[key] for v in variants if v != canonical[key]})
         elif len(variants) > 1:
-            clashes.append(", ".join(f"{v!r} ({counts[v]} rows)" for v in variants))
+            clashes.append(", ".join(f"{v!r} ({counts[v]} images)" for v in variants))
     if clashes:
         raise InputError(
             f"{source}: labels that differ only in case or surrounding spaces/punctuation would become "

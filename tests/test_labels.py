@@ -78,7 +78,8 @@ def test_spelling_variants_stop_ingest_with_the_variants_listed(tmp_path: Path):
         ],
     )
     with pytest.raises(
-        InputError, match=r"labels\.csv: .*'Normal' \(1 rows\), 'normal' \(1 rows\), 'normal\.' \(1 rows\)"
+        InputError,
+        match=r"labels\.csv: .*'Normal' \(1 images\), 'normal' \(1 images\), 'normal\.' \(1 images\)",
     ):
         ingest(tmp_path, table, IngestParams())
 
@@ -97,7 +98,7 @@ def test_spelling_variants_of_class_folders(tmp_path: Path):
     for rel in ("Normal/a.png", "normal/b.png", "nodule/c.png"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(png())
-    with pytest.raises(InputError, match=r"class folders.*'Normal' \(1 rows\), 'normal' \(1 rows\)"):
+    with pytest.raises(InputError, match=r"class folders.*'Normal' \(1 images\), 'normal' \(1 images\)"):
         ingest(tmp_path, None, IngestParams())
 
 
