@@ -44,6 +44,8 @@ FOUNDATIONS = {
     "images": "bounded, safe decoding of every supported image format",
     "sheets": "contact sheets (galleries) of images with captions",
     "graph": "connected components of rows linked by a shared key or by pairs",
+    "labels": "label spelling rules (variants of one class) and the two-class minimum",
+    "budget": "a per-file time budget for work on untrusted files",
     "processed": "the processed dataset reader and the typed Normalizer",
     "models": "CNN architectures and local pretrained weights",
     "inference": "device choice, model inputs and class probabilities",

@@ -10,7 +10,8 @@ How it stays fast (``bench/scan.py``): the only full-resolution work is the pixe
 comparable across image sizes (CleanVision's blur score depends on resolution, so strong blur on
 large images is missed). On the copy: one histogram of the integer gray values gives every
 percentile, the mean, the std, the entropy and the flatness; stretches to 8 bit are lookup tables; sums of squares use
-OpenCV's double-accumulating reductions; the noise measure runs on the 128 px level of the blur
+OpenCV's double-accumulating reductions on 64-byte-aligned copies (their summation order depends
+on the buffer's address, see :func:`_mean_std`); the noise measure runs on the 128 px level of the blur
 pyramid (a quarter of the pixels); only the perceptual hash(es) that dedup uses are computed, by
 one exact re-implementation of imagededup (see :func:`perceptual_hashes`), so neither imagededup
 nor torch (which ``import imagededup`` pulls in) is imported here.
@@ -151,8 +152,28 @@ def _entropy(hist: np.ndarray) -> float:
     return float(-(p * np.log2(p)).sum()) + 0.0  # no -0.0
 
 
+_ALIGN = 64  # bytes; the buffer alignment that OpenCV's (IPP's) reductions depend on
+
+
+def _aligned(x: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy of ``x`` that starts at a multiple of :data:`_ALIGN` bytes."""
+    buf = np.empty(x.nbytes + _ALIGN, np.uint8)
+    start = -buf.ctypes.data % _ALIGN
+    out = buf[start : start + x.nbytes].view(x.dtype).reshape(x.shape)
+    np.copyto(out, x)
+    return out
+
+
 def _mean_std(x: np.ndarray) -> tuple[float, float]:
-    """Mean and (population) std of a float32 (or int16) image, one pass each, accumulated in double."""
+    """Mean and (population) std of a float32 (or int16) image, one pass each, accumulated in double.
+
+    OpenCV's ``sumElems`` / ``norm`` (Intel IPP inside) add the values in an order that depends on
+    where the buffer starts in memory (its address modulo 64): the same pixels gave a
+    ``structure_snr`` an ulp apart from one run to the next, so features.parquet was not
+    byte-identical across clean runs. The values are therefore copied to a 64-byte-aligned buffer
+    first (a memcpy; numpy's own float64 sums cost 6-50x more here).
+    """
+    x = _aligned(x)
     n = x.size
     mean = cv2.sumElems(x)[0] / n
     var = cv2.norm(x, cv2.NORM_L2SQR) / n - mean * mean
@@ -196,9 +217,8 @@ def compute_features(
         spread = cv2.max(cv2.max(r, g), b) - cv2.min(cv2.min(r, g), b)
         channel_diff = float(spread.mean())
         rg, yb = r - g, 0.5 * (r + g) - b
-        (m_rg,), (s_rg,) = cv2.meanStdDev(rg)
-        (m_yb,), (s_yb,) = cv2.meanStdDev(yb)
-        colorfulness = float(np.hypot(s_rg[0], s_yb[0]) + 0.3 * np.hypot(m_rg[0], m_yb[0]))
+        (m_rg, s_rg), (m_yb, s_yb) = _mean_std(rg), _mean_std(yb)  # (aligned: see _mean_std)
+        colorfulness = float(np.hypot(s_rg, s_yb) + 0.3 * np.hypot(m_rg, m_yb))
         gray_raw = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
     else:
         channel_diff, colorfulness = 0.0, 0.0

@@ -8,7 +8,12 @@ the pipeline's convention: a numpy array ``HxW`` (grayscale) or ``HxWx3`` (RGB),
 Reading rules (untrusted input; README, ``ingest`` stage):
 
 * The format comes from the file's magic bytes, not its extension (an HTML page saved as
-  ``.jpg`` is ``not_an_image``).
+  ``.jpg`` is ``not_an_image``), and only the formats in :data:`PIL_FORMATS` and DICOM (with a
+  transfer syntax in :data:`DICOM_TRANSFER_SYNTAXES`) are decoded: any other format Pillow or
+  pydicom knows (EPS, which would start Ghostscript; TGA, BLP, DDS, FITS, JPEG 2000 DICOM, ...)
+  is ``unsupported_format``, named in the detail, and never handed to its decoder.
+* Frames are never walked: a multi-frame TIFF or GIF is recognised from its second frame, so a
+  file holding a chain of 200,000 frames costs no more than one with two.
 * The size is read from the header and checked against ``max_pixels`` *before* any pixel is
   decoded, so a 100000 x 100000 PNG header costs nothing (``too_large``).
 * Truncated files are detected (``truncated``): PIL's ``LOAD_TRUNCATED_IMAGES`` stays False, and
@@ -30,6 +35,7 @@ import io
 import logging
 import struct
 import warnings
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +50,36 @@ log = logging.getLogger(__name__)
 # Never decode partial files silently (PIL's default, restated because a library could flip it).
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
-REASONS = ("unreadable", "truncated", "not_an_image", "too_large", "unsupported_mode", "multi_frame")
+REASONS = (
+    "unreadable",
+    "truncated",
+    "not_an_image",
+    "unsupported_format",
+    "too_large",
+    "unsupported_mode",
+    "multi_frame",
+)
+
+PIL_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "GIF", "WEBP")
+"""The only Pillow plugins files are opened with (README "Formats"; JPEG includes MPO)."""
+
+DICOM_TRANSFER_SYNTAXES = {
+    "1.2.840.10008.1.2": "Implicit VR Little Endian",
+    "1.2.840.10008.1.2.1": "Explicit VR Little Endian",
+    "1.2.840.10008.1.2.2": "Explicit VR Big Endian",
+    "1.2.840.10008.1.2.1.99": "Deflated Explicit VR Little Endian",
+    "1.2.840.10008.1.2.5": "RLE Lossless",
+    "1.2.840.10008.1.2.4.50": "JPEG Baseline",
+    "1.2.840.10008.1.2.4.51": "JPEG Extended",
+    "1.2.840.10008.1.2.4.57": "JPEG Lossless",
+    "1.2.840.10008.1.2.4.70": "JPEG Lossless SV1",
+    "1.2.840.10008.1.2.4.80": "JPEG-LS Lossless",
+    "1.2.840.10008.1.2.4.81": "JPEG-LS Near-Lossless",
+}
+"""DICOM transfer syntaxes decoded (uncompressed, deflated, RLE, JPEG and JPEG-LS); others are
+``unsupported_format``."""
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+_CHAINED_FRAMES = ("tiff", "gif")  # frames found by walking a chain: never counted past the second
 
 MultiFrame = Literal["first", "reject"]
 
@@ -66,7 +101,7 @@ class ImageRejected(Exception):  # noqa: N818  (the name is the contract)
 
     Attributes:
         reason: One of :data:`REASONS` (``unreadable``, ``truncated``, ``not_an_image``,
-            ``too_large``, ``unsupported_mode``, ``multi_frame``).
+            ``unsupported_format``, ``too_large``, ``unsupported_mode``, ``multi_frame``).
         detail: Human-readable explanation (what was expected, what was found).
         width, height: Size from the header when it was read (e.g. for ``too_large``), else None.
         format: Detected format or ``""``.
@@ -109,7 +144,8 @@ class DecodedImage:
         format: ``png``, ``jpeg``, ``tiff``, ``bmp``, ``gif``, ``dicom``, ... (lowercase).
         width: Width in pixels (after EXIF orientation).
         height: Height in pixels (after EXIF orientation).
-        n_frames: Frames in the file (only the first is decoded).
+        n_frames: Frames in the file (only the first is decoded); for TIFF and GIF, whose frames
+            form a chain, 2 stands for "more than one" (the chain is not walked).
         patient_id: DICOM ``PatientID`` when present, else None.
     """
 
@@ -136,8 +172,8 @@ def read_image(path: str | Path, max_pixels: int, multi_frame: MultiFrame = "fir
 
     Raises:
         ImageRejected: For any file that cannot be used, with ``reason`` ``unreadable`` (also
-            when the file cannot be opened), ``truncated``, ``not_an_image``, ``too_large``,
-            ``unsupported_mode`` or ``multi_frame``.
+            when the file cannot be opened), ``truncated``, ``not_an_image``,
+            ``unsupported_format``, ``too_large``, ``unsupported_mode`` or ``multi_frame``.
     """
     path = Path(path)
     try:
@@ -336,7 +372,7 @@ def _pil_error(err: Exception, fmt: str) -> ImageRejected:
 def _decode_with_pil_header(data: bytes, max_pixels: int, multi_frame: MultiFrame) -> DecodedImage:
     try:
         with _pil_pixel_limit(max_pixels):
-            im = Image.open(io.BytesIO(data))
+            im = Image.open(io.BytesIO(data), formats=PIL_FORMATS)
     except Image.DecompressionBombError as err:
         raise ImageRejected("too_large", f"header claims more than max_pixels={max_pixels}: {err}") from err
     except UnidentifiedImageError as err:
@@ -346,6 +382,13 @@ def _decode_with_pil_header(data: bytes, max_pixels: int, multi_frame: MultiFram
             raise ImageRejected(
                 reason, f"{fmt} signature but the header cannot be parsed", format=fmt
             ) from err
+        other = _other_pil_format(data)
+        if other:
+            raise ImageRejected(
+                "unsupported_format",
+                f"{other} file; only {', '.join(PIL_FORMATS)} and DICOM are decoded",
+                format=other.lower(),
+            ) from err
         raise ImageRejected(
             "not_an_image", f"not a recognised image format (starts with {data[:8]!r})"
         ) from err
@@ -354,11 +397,15 @@ def _decode_with_pil_header(data: bytes, max_pixels: int, multi_frame: MultiFram
     fmt = (im.format or "unknown").lower()
     width, height = im.size
     _check_size(width, height, max_pixels, fmt)
-    n_frames = int(getattr(im, "n_frames", 1) or 1)
+    if fmt in _CHAINED_FRAMES:  # n_frames would walk the whole chain (minutes on a hostile file)
+        n_frames = 2 if im.is_animated else 1
+    else:  # the header says (PNG acTL, WebP, MPO)
+        n_frames = int(getattr(im, "n_frames", 1) or 1)
     if n_frames > 1 and multi_frame == "reject":
         raise ImageRejected(
             "multi_frame",
-            f"{n_frames} frames (ingest.multi_frame=reject)",
+            f"{'more than one frame' if fmt in _CHAINED_FRAMES else f'{n_frames} frames'} "
+            "(ingest.multi_frame=reject)",
             width=width,
             height=height,
             format=fmt,
@@ -390,6 +437,23 @@ def _decode_with_pil_header(data: bytes, max_pixels: int, multi_frame: MultiFram
     if orientation != 1:
         pixels = _apply_orientation(pixels, orientation)
     return _result(pixels, channels, fmt, n_frames=n_frames)
+
+
+def _other_pil_format(data: bytes) -> str:
+    """The Pillow format (outside :data:`PIL_FORMATS`) whose signature check accepts ``data``, or
+    ``""``. Only the plugins' prefix tests run (as ``Image.open`` does on the first 16 bytes);
+    nothing is decoded."""
+    Image.init()
+    prefix = data[:16]
+    for fmt, (_factory, accept) in Image.OPEN.items():
+        if fmt in PIL_FORMATS or accept is None:
+            continue
+        try:
+            if accept(prefix):
+                return fmt
+        except Exception:  # noqa: BLE001, S112  (a signature test that fails just does not match)
+            continue
+    return ""
 
 
 def _strong_signature(data: bytes) -> str:
@@ -496,6 +560,8 @@ def _decode_dicom_quiet(data: bytes, max_pixels: int, multi_frame: MultiFrame) -
     from pydicom.pixels import apply_color_lut, pixel_array
 
     try:
+        if data[128:132] == b"DICM":
+            _check_transfer_syntax(data, max_pixels)
         ds = pydicom.dcmread(io.BytesIO(data), force=data[128:132] != b"DICM")
     except (InvalidDicomError, EOFError, struct.error) as err:
         raise ImageRejected(
@@ -543,6 +609,32 @@ def _decode_dicom_quiet(data: bytes, max_pixels: int, multi_frame: MultiFrame) -
             arr = ((1 << bits_stored) - 1 - arr.astype(np.int32)).astype(arr.dtype)
     pixels, channels = _to_convention(arr, "dicom", bgr=False)
     return _result(pixels, channels, "dicom", n_frames=n_frames, patient_id=patient_id)
+
+
+def _check_transfer_syntax(data: bytes, max_pixels: int) -> None:
+    """Refuse a DICOM file whose transfer syntax is not in :data:`DICOM_TRANSFER_SYNTAXES`, and a
+    deflated one that inflates to more than one 16-bit RGB frame of ``max_pixels`` plus 16 MiB of
+    tags (pydicom would inflate it whole, unbounded), by reading the file meta header only."""
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    fp = io.BytesIO(data)
+    read_preamble(fp, False)
+    meta = _read_file_meta_info(fp)
+    uid = str(meta.get("TransferSyntaxUID", "") or "").strip()
+    if uid and uid not in DICOM_TRANSFER_SYNTAXES:
+        name = getattr(meta.TransferSyntaxUID, "name", uid)
+        raise ImageRejected(
+            "unsupported_format",
+            f"DICOM transfer syntax {name} ({uid}); decoded: uncompressed, deflated, RLE, JPEG, JPEG-LS",
+            format="dicom",
+        )
+    if uid == _DEFLATED:
+        limit = 6 * max_pixels + 2**24
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        if len(inflater.decompress(data[fp.tell() :], limit + 1)) > limit:
+            raise ImageRejected(
+                "too_large", f"deflated DICOM inflates to more than {limit} bytes", format="dicom"
+            )
 
 
 def _dicom_unsigned(arr: np.ndarray, bits_stored: int, *, signed: bool) -> np.ndarray:

@@ -18,10 +18,16 @@ Semantics (README "Use your own data"):
 * **Per-file reasons** (a bad file never stops the stage), first that applies wins: ``too_large``
   (file over ``max_file_mb``), then the decoder's ``unreadable``, ``truncated``,
   ``not_an_image``, ``too_large`` (pixels over ``max_pixels``, from the header),
-  ``unsupported_mode``, ``multi_frame``; then ``missing_label`` (found on disk, not in the table;
-  or in no class folder), ``unknown_label`` (empty/NaN label, or not in ``ingest.classes``),
-  ``missing_patient`` (no patient id and no DICOM PatientID); ``features_failed`` if the
-  feature computation raised (a bug: logged with its traceback).
+  ``unsupported_format``, ``unsupported_mode``, ``multi_frame``; then ``missing_label`` (found
+  on disk, not in the table; or in no class folder), ``unknown_label`` (empty/NaN label, or not
+  in ``ingest.classes``), ``missing_patient`` (no patient id and no DICOM PatientID, with
+  ``ingest.missing_patient_id: reject``; ``own_group``, the default, makes the image its own
+  patient ``image:<image_id>`` instead); ``features_failed`` if the feature computation raised
+  (a bug: logged with its traceback); ``timeout`` when the work on the file ran past
+  ``ingest.max_seconds_per_file`` (``pipeline/budget.py``). A symlink that loops or points
+  outside the root is ``unreadable`` and never followed.
+* **Labels** follow :mod:`pipeline.labels`: ``NA``/``null``/``n/a``/``nan`` are empty, spelling
+  variants of one label stop the stage (or merge into the spelling ``ingest.classes`` names).
 
 One picklable function, :func:`ingest_file`, opens each file once: the same bytes are hashed
 (sha256) and decoded, and the decoded pixels go straight into
@@ -44,10 +50,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.budget import FileTimeout, time_budget
 from pipeline.contract import MANIFEST_COLUMNS, STATUS_OK, STATUS_REJECTED, image_id_for
+from pipeline.errors import InputError
 from pipeline.images import REASONS as IMAGE_REASONS
 from pipeline.images import ImageRejected, decode_image
 from pipeline.io import parquet_stream
+from pipeline.labels import is_missing, resolve_label_variants
 from pipeline.parallel import map_chunks
 from pipeline.params import ExecutorParams, IngestParams
 
@@ -55,8 +64,9 @@ log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("image_path", "label", "patient_id")
 LABEL_REASONS = ("missing_label", "unknown_label", "missing_patient")
-REASONS = (*IMAGE_REASONS, *LABEL_REASONS, "features_failed")
-_MISSING_VALUES = {"", "nan", "na", "n/a", "null"}
+REASONS = (*IMAGE_REASONS, *LABEL_REASONS, "features_failed", "timeout")
+OWN_GROUP_PREFIX = "image:"  # patient_id of an image without one, under missing_patient_id: own_group
+_N_SHOWN = 5  # rows named in an error that lists many
 _DELIMITERS = (",", ";", "\t", "|")
 
 
@@ -78,18 +88,25 @@ def read_labels_table(path: str | Path, root: str | Path) -> pd.DataFrame:
     Raises:
         ValueError: Naming the file and row: not UTF-8, missing columns, reserved column
             names, no rows, malformed CSV, absolute or escaping paths, paths listed twice.
-        FileNotFoundError: The table, or a file it lists (naming the row), does not exist.
+        FileNotFoundError: The table does not exist, or files it lists do not (one error with
+            their count and the first rows).
     """
     path, root = Path(path), Path(root)
+    if path.is_dir():
+        raise InputError(f"labels table {path} is a folder; expected a CSV file (data.labels)")
     if not path.is_file():
-        raise FileNotFoundError(f"labels table {path} does not exist")
+        raise InputError(f"labels table {path} does not exist")
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not UTF-8 text (byte {err.start}); save the table as UTF-8 CSV") from err
+        row = raw[: err.start].count(b"\n") + 1
+        raise InputError(
+            f"{path} row {row}: not UTF-8 text ({raw[err.start : err.start + 1]!r} at byte {err.start}); "
+            "save the table as UTF-8 CSV"
+        ) from err
     if not text.strip():
-        raise ValueError(
+        raise InputError(
             f"{path}: empty table; expected a header {','.join(REQUIRED_COLUMNS)} and one row per image"
         )
     delimiter = _detect_delimiter(text, path)
@@ -101,39 +118,62 @@ def read_labels_table(path: str | Path, root: str | Path) -> pd.DataFrame:
             if not any(f.strip() for f in fields):
                 continue  # blank line
             if len(fields) != len(header):
-                raise ValueError(
+                raise InputError(
                     f"{path} row {reader.line_num}: {len(fields)} fields, expected {len(header)} "
                     f"as in the header {header} (quote values that contain {delimiter!r})"
                 )
             records.append([f.strip() for f in fields])
             line_numbers.append(reader.line_num)
     except csv.Error as err:
-        raise ValueError(f"{path} row {reader.line_num}: malformed CSV: {err}") from err
+        raise InputError(f"{path} row {reader.line_num}: malformed CSV: {err}") from err
     reserved = sorted(set(header) & (set(MANIFEST_COLUMNS) - set(REQUIRED_COLUMNS)))
     if reserved:
-        raise ValueError(f"{path}: column(s) {reserved} clash with manifest columns; rename them")
+        raise InputError(f"{path}: column(s) {reserved} clash with manifest columns; rename them")
     if len(set(header)) != len(header):
-        raise ValueError(f"{path} row 1: duplicate column names {header}")
+        raise InputError(f"{path} row 1: duplicate column names {header}")
     if not records:
-        raise ValueError(f"{path}: no rows after the header; expected one row per image")
+        raise InputError(f"{path}: no rows after the header; expected one row per image")
     table = pd.DataFrame(records, columns=header, dtype=str)
 
     root_resolved = root.resolve()
     seen: dict[str, int] = {}
-    paths = []
+    paths, missing = [], []
     for row, value in zip(line_numbers, table["image_path"], strict=True):
         rel = _safe_relative(value, root, root_resolved, f"{path} row {row}")
         if rel in seen:
-            raise ValueError(f"{path} row {row}: image_path {rel!r} already listed at row {seen[rel]}")
+            raise InputError(f"{path} row {row}: image_path {rel!r} already listed at row {seen[rel]}")
         seen[rel] = row
         full = root / rel
-        if not full.exists():
-            raise FileNotFoundError(f"{path} row {row}: image_path {value!r} does not exist under {root}")
-        if not full.is_file():
-            raise ValueError(f"{path} row {row}: image_path {value!r} is not a file")
+        if _is_symlink_loop(full):
+            pass  # listed, never followed: ingest rejects it as unreadable
+        elif not full.exists():
+            missing.append(f"row {row} {value!r}")
+        elif not full.is_file():
+            raise InputError(f"{path} row {row}: image_path {value!r} is not a file")
         paths.append(rel)
+    if missing:
+        raise InputError(
+            f"{path}: {len(missing)} of {len(paths)} listed file(s) do not exist under {root}: "
+            + ", ".join(missing[:_N_SHOWN])
+            + (f", ... ({len(missing) - _N_SHOWN} more)" if len(missing) > _N_SHOWN else "")
+        )
     table["image_path"] = paths
     return table
+
+
+def _is_symlink_loop(path: Path) -> bool:
+    """Whether ``path`` is a symlink whose target chain loops (resolving it would raise)."""
+    if not path.is_symlink():
+        return False
+    try:
+        path.resolve(strict=True)
+    except RuntimeError:  # Python 3.11-3.12: "Symlink loop from ..."
+        return True
+    except OSError as err:  # 3.13+: ELOOP; a dangling link is not a loop
+        import errno
+
+        return err.errno == errno.ELOOP
+    return False
 
 
 def _detect_delimiter(text: str, path: Path) -> str:
@@ -147,7 +187,7 @@ def _detect_delimiter(text: str, path: Path) -> str:
         found.append(cols)
     cols = max(found, key=len)
     missing = [c for c in REQUIRED_COLUMNS if c not in cols]
-    raise ValueError(
+    raise InputError(
         f"{path} row 1: missing column(s) {missing}; expected a header with "
         f"{list(REQUIRED_COLUMNS)} (delimiter , ; tab or |), got {cols}"
     )
@@ -156,16 +196,18 @@ def _detect_delimiter(text: str, path: Path) -> str:
 def _safe_relative(value: str, root: Path, root_resolved: Path, where: str) -> str:
     """Normalize a table path and check it stays inside the root (also through symlinks)."""
     if not value:
-        raise ValueError(f"{where}: empty image_path")
+        raise InputError(f"{where}: empty image_path")
     posix = value.replace("\\", "/")
     if posix.startswith("/") or (len(posix) > 1 and posix[1] == ":") or Path(value).is_absolute():
-        raise ValueError(f"{where}: image_path {value!r} is absolute; expected a path relative to {root}")
+        raise InputError(f"{where}: image_path {value!r} is absolute; expected a path relative to {root}")
     rel = posixpath.normpath(posix)
     if rel == ".." or rel.startswith("../"):
-        raise ValueError(f"{where}: image_path {value!r} escapes the data root {root}")
+        raise InputError(f"{where}: image_path {value!r} escapes the data root {root}")
+    if _is_symlink_loop(root / rel):
+        return rel  # cannot resolve; ingest rejects it without following it
     resolved = (root / rel).resolve()
     if not resolved.is_relative_to(root_resolved):
-        raise ValueError(
+        raise InputError(
             f"{where}: image_path {value!r} resolves to {resolved}, outside the data root {root}"
         )
     return rel
@@ -182,7 +224,7 @@ def scan_files(root: str | Path, extensions: list[str]) -> list[str]:
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"data root {root} is not a folder")
+        raise InputError(f"data root {root} is not a folder")
     exts = tuple(e.lower() for e in extensions)
     found = []
     for dirpath, _dirnames, filenames in os.walk(root):
@@ -212,6 +254,8 @@ class FileTask:
     multi_frame: str = "first"
     classes: tuple[str, ...] | None = None
     hashes: tuple[str, ...] = ("phash",)  # the perceptual hash(es) dedup reads
+    max_seconds: float | None = None  # wall-clock budget of the file (ingest.max_seconds_per_file)
+    missing_patient_id: str = "own_group"  # or "reject" (ingest.missing_patient_id)
 
 
 @dataclass
@@ -228,9 +272,20 @@ def ingest_file(task: FileTask) -> FileResult:
     """Validate, hash, decode and measure one file. Never raises for bad data.
 
     The file is read once; its bytes give the sha256 and the decoded pixels, which are passed to
-    :func:`pipeline.features.compute_features` when the file is accepted.
+    :func:`pipeline.features.compute_features` when the file is accepted. The whole runs within
+    ``task.max_seconds`` (:func:`pipeline.budget.time_budget`); past it the file is ``timeout``.
     """
-    row = {
+    try:
+        with time_budget(task.max_seconds):
+            return _ingest_file(task)
+    except FileTimeout as err:
+        row = _new_row(task)
+        row["reason"] = "timeout"
+        return FileResult(row=row, detail=f"{err} (ingest.max_seconds_per_file={task.max_seconds:g})")
+
+
+def _new_row(task: FileTask) -> dict:
+    return {
         "image_id": image_id_for(task.path),
         "path": task.path,
         "label": task.label,
@@ -244,6 +299,10 @@ def ingest_file(task: FileTask) -> FileResult:
         "status": STATUS_REJECTED,
         "reason": "",
     }
+
+
+def _ingest_file(task: FileTask) -> FileResult:
+    row = _new_row(task)
     full = Path(task.root) / task.path
 
     def reject(reason: str, detail: str) -> FileResult:
@@ -251,6 +310,8 @@ def ingest_file(task: FileTask) -> FileResult:
         return FileResult(row=row, detail=detail)
 
     try:
+        if _is_symlink_loop(full):
+            return reject("unreadable", "symlink loop; not followed")
         if full.is_symlink() and not full.resolve().is_relative_to(Path(task.root).resolve()):
             return reject("unreadable", f"symlink to {full.resolve()} outside the data root; not followed")
         size = full.stat().st_size
@@ -275,7 +336,7 @@ def ingest_file(task: FileTask) -> FileResult:
         bit_depth=image.bit_depth,
         format=image.format,
     )
-    if not row["patient_id"]:
+    if is_missing(row["patient_id"]):
         if image.patient_id:
             row["patient_id"] = image.patient_id
         elif task.patient_from_stem:
@@ -287,12 +348,15 @@ def ingest_file(task: FileTask) -> FileResult:
             if not task.patient_from_stem
             else "file is not inside a class folder",
         )
-    if row["label"].lower() in _MISSING_VALUES:
+    if is_missing(row["label"]):
         return reject("unknown_label", f"empty label {row['label']!r}")
     if task.classes is not None and row["label"] not in task.classes:
         return reject("unknown_label", f"label {row['label']!r} is not one of {list(task.classes)}")
-    if not row["patient_id"] or row["patient_id"].lower() in _MISSING_VALUES:
-        return reject("missing_patient", "empty patient_id and no DICOM PatientID")
+    own_group = False
+    if is_missing(row["patient_id"]):
+        if task.missing_patient_id == "reject":
+            return reject("missing_patient", "empty patient_id and no DICOM PatientID")
+        row["patient_id"], own_group = OWN_GROUP_PREFIX + row["image_id"], True
 
     from pipeline.features import compute_features  # owned by quality; imported in the worker
 
@@ -302,7 +366,9 @@ def ingest_file(task: FileTask) -> FileResult:
         log.warning("compute_features failed on %s", task.path, exc_info=True)
         return reject("features_failed", f"{type(err).__name__}: {err}")
     row["status"] = STATUS_OK
-    return FileResult(row=row, features={"image_id": row["image_id"], **features})
+    return FileResult(
+        row=row, features={"image_id": row["image_id"], **features}, extra={"own_group": own_group}
+    )
 
 
 # ------------------------------------------------------------------------------ the stage
@@ -339,15 +405,19 @@ def build_tasks(
         "multi_frame": params.multi_frame,
         "classes": tuple(params.classes) if params.classes is not None else None,
         "hashes": tuple(hashes),
+        "max_seconds": params.max_seconds_per_file,
+        "missing_patient_id": params.missing_patient_id,
     }
     tasks: list[FileTask] = []
     if labels is None:
+        folders = [rel.split("/")[0] for rel in on_disk if "/" in rel]
+        rename = resolve_label_variants(folders, params.classes, f"{root} (class folders)")
         for rel in on_disk:
             parts = rel.split("/")
             tasks.append(
                 FileTask(
                     path=rel,
-                    label=parts[0] if len(parts) > 1 else "",
+                    label=rename.get(parts[0], parts[0]) if len(parts) > 1 else "",
                     has_label=len(parts) > 1,
                     patient_from_stem=True,
                     **common,
@@ -355,6 +425,8 @@ def build_tasks(
             )
         return tasks, pd.DataFrame(index=pd.Index([], name="image_path"))
     table = read_labels_table(labels, root)
+    rename = resolve_label_variants(table["label"], params.classes, str(labels))
+    table["label"] = table["label"].map(lambda lab: rename.get(lab, lab))
     listed = set(table["image_path"])
     for rec in table[list(REQUIRED_COLUMNS)].itertuples(index=False):
         tasks.append(FileTask(path=rec.image_path, label=rec.label, patient_id=rec.patient_id, **common))
@@ -398,6 +470,7 @@ def ingest(
     _warm_up()
     log.info("ingest: %d files under %s (%s)", len(tasks), root, labels or "class-per-folder")
     rows, features, rejected = [], [], []
+    n_own_group = 0
     no_features = pd.DataFrame({"image_id": pd.Series([], dtype=str)})
     stream = parquet_stream(features_out, no_features) if features_out is not None else nullcontext(None)
     with stream as append:
@@ -408,6 +481,7 @@ def ingest(
                 keep(pd.DataFrame(ok))
             for res in chunk:
                 rows.append(res.row)
+                n_own_group += bool(res.extra.get("own_group"))
                 if res.features is None:
                     r = res.row
                     rejected.append(
@@ -426,6 +500,14 @@ def ingest(
     del features
     rejected_df = pd.DataFrame(rejected, columns=["image_id", "path", "reason", "detail"])
     metrics = ingest_metrics(manifest)
+    metrics["n_own_patient"] = n_own_group
+    if n_own_group:
+        log.warning(
+            "ingest: %d readable image(s) have no patient id; each is its own patient "
+            "(ingest.missing_patient_id: own_group), so patient-level leakage control is not possible "
+            "for them (near-duplicate links still join them)",
+            n_own_group,
+        )
     log.info(
         "ingest: %d ok, %d rejected %s",
         metrics["n_ok"],

@@ -1,11 +1,15 @@
 """Atomic writers and small readers. Every output goes to a temp file that is then renamed.
 
-An interrupted stage therefore never leaves a half-written file at the final path.
+An interrupted stage therefore never leaves a half-written file at the final path. A temp file
+is named ``.<name>.<pid>.<random><suffix>.tmp`` beside its output; one whose process no longer
+runs (a stage killed with ``kill -9``, which skips every cleanup) is removed by the next writer of
+that output.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import tempfile
@@ -28,8 +32,9 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path)
     fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=(suffix or path.suffix) + ".tmp", dir=path.parent
+        prefix=f".{path.name}.{os.getpid()}.", suffix=(suffix or path.suffix) + ".tmp", dir=path.parent
     )
     os.close(fd)
     tmp_path = Path(tmp)
@@ -43,6 +48,35 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def remove_stale_temps(path: str | Path) -> list[Path]:
+    """Remove the temp files of ``path`` left by writers that no longer run; return them.
+
+    A temp file whose name carries no process id (written before ids were recorded) counts as
+    stale too: its writer is long gone.
+    """
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and _is_running(int(pid)):
+            continue
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
+def _is_running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def _json_default(obj: Any) -> Any:

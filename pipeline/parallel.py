@@ -4,18 +4,26 @@ Every per-image stage (ingest, quality, dedup, normalize) runs its work through
 :func:`map_chunks`. The same picklable function runs in-process (one worker), in a local
 process pool (default) or on a Dask cluster (``executor.kind: dask``), so the result does not
 depend on where it ran.
+
+Pool workers die with their parent: each watches its parent process id and exits when it changes
+(the parent was killed, even by ``kill -9``, and the worker was re-parented), so no orphan keeps
+decoding after an interrupted stage.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TypeVar
 
 from tqdm.auto import tqdm
 
+from pipeline.errors import InputError
 from pipeline.params import ExecutorParams
 
 log = logging.getLogger(__name__)
@@ -38,6 +46,20 @@ def n_workers(executor: ExecutorParams) -> int:
 
 def _run_chunk(func: Callable[[T], R], chunk: Sequence[T]) -> list[R]:
     return [func(item) for item in chunk]
+
+
+_ORPHAN_POLL_S = 0.5
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """Pool-worker initializer: a daemon thread ends this process once its parent is gone."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(_ORPHAN_POLL_S)
+        os._exit(1)  # the parent died: nobody will read our results
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def map_chunks(
@@ -76,7 +98,9 @@ def map_chunks(
                 bar.update(len(chunk))
                 yield out
             return
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with ProcessPoolExecutor(
+            max_workers=workers, initializer=_exit_with_parent, initargs=(os.getpid(),)
+        ) as pool:
             pending: list = []
             it = iter(chunks)
             for chunk in it:
@@ -102,7 +126,7 @@ def _map_dask(
 
     cluster = None
     if executor.address:
-        client = Client(executor.address)
+        client = _connect(executor.address)
     else:
         cluster = LocalCluster(
             n_workers=executor.n_workers or 2, threads_per_worker=1, processes=True, dashboard_address=None
@@ -129,6 +153,31 @@ def _map_dask(
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _connect(address: str) -> Any:
+    """A Dask client of the scheduler at ``address``.
+
+    Raises:
+        InputError: Naming ``executor.address`` when the scheduler cannot be reached (a refused
+            TCP connection is reported at once rather than after Dask's 30 s of retries).
+    """
+    from dask.distributed import Client
+
+    host, sep, port = address.removeprefix("tcp://").rpartition(":")
+    if address.startswith("tcp://") and sep and port.isdigit():
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+        except OSError as err:
+            raise InputError(
+                f"executor.address: cannot reach the Dask scheduler at {address}: {err.strerror or err}"
+            ) from err
+    try:
+        return Client(address)
+    except (OSError, TimeoutError) as err:
+        raise InputError(
+            f"executor.address: cannot connect to the Dask scheduler at {address}: {err}"
+        ) from err
 
 
 def map_images(

@@ -8,23 +8,66 @@ own section.
 
 from __future__ import annotations
 
+import types
+import typing
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from pipeline.contract import QUALITY_ISSUES
 from pipeline.errors import InputError
+from pipeline.labels import label_key
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 PositiveInt = Annotated[int, Field(gt=0)]
 
 
-class Section(BaseModel):
-    """Base for every params section: unknown keys are errors."""
+def _accepts_bool(annotation: Any) -> bool:
+    """Whether a field's type admits a boolean (``bool``, ``bool | None``, ``Any``, ...)."""
+    if annotation is bool or annotation is Any:
+        return True
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Literal:
+        return any(isinstance(a, bool) for a in args)
+    if origin is Annotated:
+        return _accepts_bool(args[0])
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts_bool(a) for a in args)
+    return False
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+
+class Section(BaseModel):
+    """Base for every params section: unknown keys are errors; numbers must be finite, and a YAML
+    boolean is not taken as a number (pydantic would read ``max_pixels: true`` as 1)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, v: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(v, bool) and field is not None and not _accepts_bool(field.annotation):
+            raise ValueError(f"expected {_type_name(field.annotation)}, got the boolean {str(v).lower()}")
+        return v
+
+
+def _type_name(annotation: Any) -> str:
+    names = {int: "an integer", float: "a number", str: "a string"}
+    if annotation in names:
+        return names[annotation]
+    if typing.get_origin(annotation) is Literal:
+        return f"one of {list(typing.get_args(annotation))}"
+    return "a value of type " + str(annotation).replace("typing.", "")
 
 
 class DataParams(Section):
@@ -37,6 +80,19 @@ class DataParams(Section):
     truth: str | None = Field(
         default=None, description="Ground-truth file of planted problems (demo data only)."
     )
+
+    @field_validator("root")
+    @classmethod
+    def _not_the_project(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("expected the folder of images, got an empty path")
+        here, root = Path.cwd().resolve(), Path(v).expanduser().resolve()
+        if here.is_relative_to(root):
+            raise ValueError(
+                f"{v!r} is {'the project folder' if here == root else 'a folder that holds the project'} "
+                f"({here}): ingest would scan .venv and the pipeline's own outputs; expected the folder of images"
+            )
+        return v
 
 
 class ExecutorParams(Section):
@@ -135,7 +191,18 @@ class IngestParams(Section):
     )
     classes: list[str] | None = Field(
         default=None,
-        description="Allowed labels; other labels are rejected as unknown_label. null = any non-empty label.",
+        description="Allowed labels; other labels are rejected as unknown_label. null = any non-empty label. "
+        "Spelling variants of a class (case, surrounding spaces/punctuation) are merged into it.",
+    )
+    max_seconds_per_file: Annotated[float, Field(gt=0)] | None = Field(
+        default=60.0,
+        description="Wall-clock budget of the work on one file; past it the file is rejected as timeout. "
+        "null = no limit.",
+    )
+    missing_patient_id: Literal["own_group", "reject"] = Field(
+        default="own_group",
+        description="An image without patient id: own_group = its own patient (counted, and warned about "
+        "in the report); reject = rejected as missing_patient.",
     )
 
     @field_validator("extensions")
@@ -151,6 +218,10 @@ class IngestParams(Section):
     def _unique_ingest_classes(cls, v: list[str] | None) -> list[str] | None:
         if v is not None and (not v or len(set(v)) != len(v) or any(not c.strip() for c in v)):
             raise ValueError(f"expected null or a list of unique, non-empty class names, got {v}")
+        if v is not None:
+            keys = [label_key(c) for c in v]
+            if len(set(keys)) != len(keys):
+                raise ValueError(f"class names must differ by more than case or punctuation, got {v}")
         return v
 
 

@@ -98,6 +98,12 @@ def _figure_uri(draw: Callable[[Any], None], size: tuple[float, float] = (6.0, 3
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def _literal(text: object) -> str:
+    """``text`` for a matplotlib label, shown as written: a ``$`` would start math text (a label
+    like ``$x^$`` made the whole report fail), so each one is escaped."""
+    return str(text).replace("$", r"\$")
+
+
 def _img(uri: str, alt: str) -> str:
     return f'<img src="{uri}" alt="{html.escape(alt)}">'
 
@@ -231,7 +237,7 @@ def _section_split(a: AuditInputs) -> str:
         out.append(_table(pivot.reset_index()))
 
         def draw(ax: Any) -> None:
-            share = pivot / pivot.sum(axis=0)
+            share = (pivot / pivot.sum(axis=0)).rename(index=_literal)
             share.T.plot.bar(stacked=True, ax=ax, rot=0)
             ax.set_ylabel("class share of split")
             ax.legend(fontsize=7, loc="upper right")
@@ -319,7 +325,7 @@ def _section_test_metrics(a: AuditInputs) -> str:
         def draw(ax: Any) -> None:
             groups = a.roc.groupby("class") if "class" in a.roc.columns else [("all", a.roc)]
             for name, g in groups:
-                ax.plot(g["fpr"], g["tpr"], label=str(name))
+                ax.plot(g["fpr"], g["tpr"], label=_literal(name))
             ax.plot([0, 1], [0, 1], "k:", lw=0.8)
             ax.set_xlabel("false positive rate")
             ax.set_ylabel("true positive rate")
@@ -346,6 +352,19 @@ def _section_demo_truth(a: AuditInputs) -> str:
     return "<p>How many of the demo data's planted problems the pipeline found.</p>" + _table(table)
 
 
+def _warnings(a: AuditInputs) -> str:
+    """Warnings shown above every section: what the audit could not check."""
+    n_own = (a.ingest_metrics or {}).get("n_own_patient") or 0
+    if not n_own:
+        return ""
+    return (
+        f"<p class=warn><b>Warning:</b> {n_own} image(s) have no patient id; each was made its own patient "
+        "(<code>ingest.missing_patient_id: own_group</code>), so patient-level leakage control is not "
+        "possible for them: images of one patient may sit in different splits. Only near-duplicate "
+        "links join them into leakage groups.</p>"
+    )
+
+
 BUILDERS: dict[str, Callable[[AuditInputs], str]] = {
     "accounting": _section_accounting,
     "rejected": _section_rejected,
@@ -367,7 +386,7 @@ body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em auto;max
 h1{margin-bottom:.2em} h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:2em}
 nav a{margin-right:1em} img{max-width:100%;border:1px solid #ccc;margin:.4em 0}
 .tbl{border-collapse:collapse;font-size:13px;margin:.5em 0} .tbl th,.tbl td{border:1px solid #ddd;padding:3px 8px;text-align:left}
-.missing{color:#a60;font-style:italic} .note{color:#666;font-size:12px} .ok{color:#070} .bad{color:#b00}
+.warn{background:#fff3cd;border:1px solid #e0b000;padding:.6em} .missing{color:#a60;font-style:italic} .note{color:#666;font-size:12px} .ok{color:#070} .bad{color:#b00}
 """
 
 
@@ -386,7 +405,7 @@ def build_report(inputs: AuditInputs, title: str = "Dataset audit") -> str:
     parts = [
         "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>",
         f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1><nav>{nav}</nav>",
+        f"<h1>{html.escape(title)}</h1>{_warnings(inputs)}<nav>{nav}</nav>",
     ]
     for sid, name in SECTIONS:
         parts.append(f'<section id="{sid}"><h2>{html.escape(name)}</h2>{BUILDERS[sid](inputs)}</section>')

@@ -6,7 +6,8 @@ the same check earlier (without label issues) and keeps its own summary in metri
 this stage is the one writer of metrics/accounting.json.
 
 Reads:  ``--manifest``, ``--quality``, ``--duplicates``, ``--curated``, ``--splits``,
-        ``--label-issues`` (data/interim/*.parquet); ``data.truth`` (truth.json) when set and present.
+        ``--label-issues`` (data/interim/*.parquet); ``data.truth`` (truth.json) when set (a path to
+        no file stops the stage).
 Writes: ``--out`` (data/interim/final_states.parquet: image_id, path, final_state, reason),
         ``--metrics`` (metrics/accounting.json: n_files, n_rejected, n_rejected_by_reason,
         n_excluded {reason: n}, n_train, n_val, n_test), ``--truth-metrics``
@@ -43,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
         "--metrics",
         "--truth-metrics",
     )
+    truth_path = Path(params.data.truth) if params.data.truth else None
+    if truth_path is not None and not truth_path.is_file():
+        raise InputError(
+            f"data.truth: {truth_path} is not a file; set data.truth: null for data without a ground truth"
+        )
 
     manifest = pd.read_parquet(args.manifest)
     curated = pd.read_parquet(args.curated)
@@ -55,8 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     final = final_states(manifest, curated, pd.read_parquet(args.splits), label_issues)
     summary = check_accounting(final, manifest)
 
-    truth_path = Path(params.data.truth) if params.data.truth else None
-    if truth_path is not None and truth_path.is_file():
+    if truth_path is not None:
         from pipeline.truth import score_against_truth
 
         truth_metrics = score_against_truth(

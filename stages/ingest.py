@@ -7,10 +7,13 @@ Writes: <manifest> (data/interim/manifest.parquet): one row per file found (MANI
         the labels table's extra columns), status ok|rejected, reason.
         <features> (data/interim/features.parquet): image_id + pipeline.features fields, ok rows.
         <rejected> (reports/ingest/rejected.csv): image_id, path, reason, detail.
-        <metrics> (metrics/ingest.json): n_files, n_ok, n_rejected, rejected_by_reason.
+        <metrics> (metrics/ingest.json): n_files, n_ok, n_rejected, rejected_by_reason,
+        n_own_patient (readable images without a patient id, each made its own patient).
 Params: data.root, data.labels, ingest.* (extensions, max_pixels, max_file_mb, multi_frame,
-        classes), executor.* (kind, n_workers, chunk_size, address), dedup.hash_method (the one
-        perceptual hash computed).
+        classes, max_seconds_per_file, missing_patient_id), executor.* (kind, n_workers,
+        chunk_size, address), dedup.hash_method (the one perceptual hash computed).
+Stops (one ``error:`` line) when no image is readable or the readable ones hold fewer than two
+classes.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 from pipeline.errors import InputError
 from pipeline.ingest import ingest
 from pipeline.io import write_csv, write_json, write_parquet
+from pipeline.labels import check_two_classes
 from stages._cli import run, start
 
 logger = logging.getLogger("stages.ingest")
@@ -44,6 +48,16 @@ def main(argv: list[str] | None = None) -> int:
             f"{params.data.root}: no readable image ({result.metrics['n_files']} file(s) found, rejected: "
             f"{reasons}); ingest.extensions = {params.ingest.extensions}"
         )
+    ok = result.manifest["status"] == "ok"
+    try:
+        check_two_classes(
+            result.manifest.loc[ok, "label"].value_counts().to_dict(),
+            params.data.labels or f"{params.data.root} (class folders)",
+            "readable images",
+        )
+    except ValueError:
+        Path(args.features).unlink(missing_ok=True)
+        raise
     # accounting was checked inside ingest() (before it committed the features file); write only
     # complete, consistent outputs
     write_parquet(result.manifest, args.manifest)

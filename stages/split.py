@@ -23,6 +23,7 @@ import pandas as pd
 from pipeline.accounting import check_accounting, final_states
 from pipeline.contract import included
 from pipeline.io import write_csv, write_json, write_parquet
+from pipeline.labels import check_two_classes
 from pipeline.split import (
     assign_splits,
     balance_table,
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     table = curated.loc[included(curated), ["image_id", "group_id"]].merge(
         manifest[["image_id", "label", "patient_id"]], on="image_id", how="left", validate="one_to_one"
     )
+    check_two_classes(table["label"].value_counts().to_dict(), str(args.curated), "included images")
     # A duplicate cluster must not straddle splits either: link its included members.
     table = table.merge(duplicates, on="image_id", how="left", validate="one_to_one")
 

@@ -3,7 +3,8 @@
 - the first `dvc repro` runs every stage and the accounting adds up;
 - a second `dvc repro` runs none;
 - changing one augmentation param reruns only `augment` and the stages after it;
-- two clean runs with the same seed give byte-identical split tables and processed arrays.
+- two clean runs with the same seed give byte-identical manifest, features, quality and split
+  tables and processed arrays.
 """
 
 from __future__ import annotations
@@ -125,7 +126,8 @@ def test_two_clean_runs_are_byte_identical(project, tmp_path):
     other = _make_project(tmp_path / "b")
     _repro(other, "normalize")
     a = project
-    files = ["data/interim/splits.parquet", "data/interim/manifest.parquet"] + [
+    tables = ("manifest", "features", "quality", "splits")
+    files = [f"data/interim/{t}.parquet" for t in tables] + [
         f"data/processed/{s}.npy" for s in ("train", "val", "test")
     ]
     for f in files:

@@ -155,3 +155,26 @@ def test_report_renders_in_headless_chromium(tmp_path):
     # Not blank: text and pictures make the screenshot far from uniform.
     assert img.std() > 10
     assert (img < 128).mean() > 0.005
+
+
+@pytest.mark.parametrize("label", ["$x^$", "a$b", "$\\alpha$ <b>"])
+def test_labels_are_shown_literally(label):
+    """Issue 14 item 8: a label is text, never matplotlib math or HTML."""
+    inputs = _full_inputs()
+    inputs.split_balance = inputs.split_balance.replace({"label": {"a": label}})
+    inputs.roc = inputs.roc.assign(**{"class": label})
+    inputs.confusion = inputs.confusion.replace({"actual": {"a": label}, "predicted": {"a": label}})
+    page = build_report(inputs)
+    assert "<b>" not in page.split("<nav>", 1)[1].replace("<b class=ok>", "")
+    parser = _Collector()
+    parser.feed(page)
+    assert len(parser.img_srcs) >= 8
+
+
+def test_images_without_patient_id_are_warned_about_at_the_top():
+    inputs = _full_inputs()
+    assert "leakage control is not possible" not in build_report(inputs)
+    inputs.ingest_metrics = dict(inputs.ingest_metrics, n_own_patient=3)
+    page = build_report(inputs)
+    warning = page.index("leakage control is not possible")
+    assert warning < page.index("<nav>") and "3 image(s) have no patient id" in page
