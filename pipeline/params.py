@@ -55,6 +55,10 @@ class DemoParams(Section):
         min_length=2,
         description="Classes to draw; each name is a synthetic finding (normal = none).",
     )
+    class_proportions: list[Annotated[float, Field(gt=0)]] | None = Field(
+        default=None,
+        description="Relative frequency of each class of `classes` (e.g. [24, 5, 1]); null = equal.",
+    )
     n_patients: PositiveInt = 320
     images_per_patient_range: tuple[PositiveInt, PositiveInt] = Field(
         default=(1, 8), description="[low, high] images per patient, duplicates included."
@@ -93,6 +97,15 @@ class DemoParams(Section):
         if len(set(v)) != len(v):
             raise ValueError(f"class names must be unique, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _proportions_match_classes(self) -> DemoParams:
+        if self.class_proportions is not None and len(self.class_proportions) != len(self.classes):
+            raise ValueError(
+                f"class_proportions has {len(self.class_proportions)} entries but classes has "
+                f"{len(self.classes)} ({self.classes}); give one proportion per class"
+            )
+        return self
 
     @model_validator(mode="after")
     def _fits(self) -> DemoParams:
@@ -355,7 +368,15 @@ class TrainParams(Section):
     lr: Annotated[float, Field(gt=0)] = 2e-3
     weight_decay: Annotated[float, Field(ge=0)] = 1e-4
     warmup_epochs: Annotated[int, Field(ge=0)] = 1
-    class_weights: bool = False
+    class_weights: Literal["auto"] | bool = Field(
+        default="auto",
+        description='"balanced" loss weights: true, false, or auto = on when the train classes are '
+        "unbalanced beyond imbalance_ratio.",
+    )
+    imbalance_ratio: Annotated[float, Field(ge=1)] = Field(
+        default=1.5,
+        description="class_weights: auto turns weights on when largest / smallest train class count exceeds this.",
+    )
     patience: PositiveInt = 8
     monitor: Literal["val_balanced_accuracy", "val_auroc", "val_loss"] = "val_balanced_accuracy"
     num_workers: Annotated[int, Field(ge=0)] = 0

@@ -51,7 +51,10 @@ class TrainConfig:
         warmup_epochs: Linear warmup before the cosine decay (per step).
         mixup_alpha, cutmix_alpha, label_smoothing: Batch regularisation (pipeline.mixup);
             all 0 = plain cross entropy on one-hot targets.
-        class_weights: Weight the loss with "balanced" class weights from the train labels.
+        class_weights: Weight the loss with "balanced" class weights from the train labels:
+            True, False, or "auto" = when the classes are unbalanced beyond ``imbalance_ratio``
+            (:func:`loss_class_weights`).
+        imbalance_ratio: Largest / smallest train class count above which "auto" weights the loss.
         patience: Stop after this many epochs without improvement of ``monitor`` (None = never).
         monitor: val_balanced_accuracy | val_auroc (maximised) or val_loss (minimised).
         seed: Seeds weight-independent randomness: shuffling, mixup, dropout.
@@ -71,7 +74,8 @@ class TrainConfig:
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
     label_smoothing: float = 0.0
-    class_weights: bool = False
+    class_weights: bool | str = False
+    imbalance_ratio: float = 1.5
     patience: int | None = None
     monitor: str = "val_balanced_accuracy"
     seed: int = 0
@@ -82,6 +86,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.monitor not in MONITORS:
             raise InputError(f"train.monitor: expected one of {list(MONITORS)}, got {self.monitor!r}")
+        if self.class_weights not in (True, False, "auto"):
+            raise InputError(f"train.class_weights: expected true, false or auto, got {self.class_weights!r}")
 
     @classmethod
     def from_params(cls, params: Params) -> TrainConfig:
@@ -97,6 +103,7 @@ class TrainConfig:
             cutmix_alpha=a.cutmix_alpha,
             label_smoothing=a.label_smoothing,
             class_weights=p.class_weights,
+            imbalance_ratio=p.imbalance_ratio,
             patience=p.patience,
             monitor=p.monitor,
             seed=params.seed,
@@ -182,9 +189,8 @@ def fit_model(
         train_set, config, shuffle_gen, distributed=distributed, pin_memory=device.type == "cuda"
     )
     step = Stepper.create(net, config, steps_per_epoch=max(1, len(loader)), device=device)
-    weights = (
-        balanced_class_weights(train_labels, n_outputs(net)).to(device) if config.class_weights else None
-    )
+    weights = loss_class_weights(train_labels, n_outputs(net), config)
+    weights = weights.to(device) if weights is not None else None
     stopping = EarlyStopping(config.monitor, config.patience)
 
     with _deterministic(device.type == "cpu"):
@@ -527,6 +533,27 @@ def validation_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float
         "val_balanced_accuracy": float(balanced_accuracy_score(labels, probs.argmax(1))),
         "val_auroc": auroc,
     }
+
+
+def loss_class_weights(labels: np.ndarray, n_classes: int, config: TrainConfig) -> torch.Tensor | None:
+    """The class-weight policy: "balanced" weights, or None for an unweighted loss.
+
+    ``config.class_weights`` True/False decides; "auto" weights the loss when the largest train
+    class outnumbers the smallest present one by more than ``config.imbalance_ratio``. Unweighted,
+    a network on a 20:1 set learns to predict the majority class (low loss, chance-level balanced
+    accuracy); weighted, every class contributes equally to the loss.
+    """
+    counts = np.bincount(labels, minlength=n_classes)
+    present = counts[counts > 0]
+    ratio = float(present.max() / present.min())
+    use = config.class_weights is True or (config.class_weights == "auto" and ratio > config.imbalance_ratio)
+    log.info(
+        "class counts %s (largest/smallest %.2f): %s loss",
+        counts.tolist(),
+        ratio,
+        "class-weighted" if use else "unweighted",
+    )
+    return balanced_class_weights(labels, n_classes) if use else None
 
 
 def balanced_class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
