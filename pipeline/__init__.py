@@ -30,6 +30,7 @@ STAGE_LOGIC = {
     "train": "train",
     "mixup": "train",
     "evaluate": "evaluate",
+    "calibration": "evaluate",
     "report": "report",
 }
 

@@ -393,6 +393,16 @@ class EvaluateParams(Section):
     n_calibration_bins: Annotated[int, Field(ge=2)] = 10
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
     batch_size: PositiveInt = 256
+    temperature_scaling: bool = Field(
+        default=True, description="Fit a temperature on val and apply it to the test probabilities."
+    )
+    positive_class: str | None = Field(
+        default=None, description="Binary tasks: the positive class (null = the second class, sorted)."
+    )
+    target_sensitivity: Annotated[float, Field(gt=0, le=1)] | None = Field(
+        default=None,
+        description="Binary tasks: the val sensitivity the operating threshold must reach; null = Youden's J.",
+    )
 
 
 class ReportParams(Section):

@@ -308,7 +308,10 @@ def test_train_then_evaluate_stages_on_tiny_data(tmp_path) -> None:
     assert evaluate_stage.main(args) == 0
     test = json.loads((tmp_path / "metrics/test.json").read_text())
     keys = ["accuracy", "balanced_accuracy", "macro_f1", "auroc", "pr_auc", "cohen_kappa", "mcc", "ece"]
-    assert set(test) == {*keys, "per_class", "patient_level"}
+    assert set(test) == {*keys, "per_class", "patient_level", "calibration"}
+    calibration = test["calibration"]
+    assert calibration["fitted_on"] == "val" and calibration["n_val"] == 12
+    assert calibration["temperature"] > 0 and calibration["ece_after"] == pytest.approx(test["ece"]["value"])
     assert set(test["patient_level"]) == set(keys) and set(test["per_class"]) == set(CLASSES)
     assert set(test["accuracy"]) == {"value", "ci_low", "ci_high"}
     preds = pd.read_csv(tmp_path / "reports/predictions.csv")
