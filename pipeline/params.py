@@ -266,7 +266,11 @@ class SplitParams(Section):
 class NormalizeParams(Section):
     """Resizing and pixel normalization (fitted on train only)."""
 
-    image_size: Annotated[int, Field(ge=8, le=2048)] = 64
+    image_size: Annotated[int, Field(ge=8, le=2048)] | Literal["auto"] = Field(
+        default="auto",
+        description="Side of the stored square images; auto = from the data's median short side, "
+        "capped at 64 px when training runs on the CPU and 256 px on CUDA.",
+    )
     aspect: Literal["pad", "center_crop", "stretch"] = "pad"
     mode: Literal["scale01", "center", "standardize", "percentile", "per_image_zscore"] = "standardize"
     percentile_range: tuple[Fraction, Fraction] = (0.005, 0.995)
