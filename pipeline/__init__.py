@@ -27,6 +27,7 @@ STAGE_LOGIC = {
     "label_issues": "label_issues",
     "accounting": "accounting",
     "truth": "accounting",
+    "tune": "tune",
     "train": "train",
     "mixup": "train",
     "evaluate": "evaluate",

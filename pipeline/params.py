@@ -385,6 +385,81 @@ class TrainParams(Section):
     monitor: Literal["val_balanced_accuracy", "val_auroc", "val_loss"] = "val_balanced_accuracy"
     num_workers: Annotated[int, Field(ge=0)] = 0
     amp: bool = True
+    use_tuned: bool = Field(
+        default=False, description="Override the searched hyperparameters with the tune stage's best values."
+    )
+
+
+class SearchDim(Section):
+    """One dimension of the tune search space: a range (``low``, ``high``, ``log``) or ``choices``."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = Field(default=False, description="Sample the range on a log scale (learning rates).")
+    choices: list[float] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _range_or_choices(self) -> SearchDim:
+        if self.choices is not None:
+            if self.low is not None or self.high is not None:
+                raise ValueError("give either choices or low/high, not both")
+            return self
+        if self.low is None or self.high is None or self.low > self.high:
+            raise ValueError(f"expected low <= high (or choices), got low={self.low}, high={self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, got {self.low}")
+        return self
+
+
+# Tunable hyperparameter -> the params section it overrides (an integer when the field is one).
+TUNABLE: dict[str, tuple[str, type]] = {
+    "lr": ("train", float),
+    "weight_decay": ("train", float),
+    "batch_size": ("train", int),
+    "warmup_epochs": ("train", int),
+    "mixup_alpha": ("augment", float),
+    "cutmix_alpha": ("augment", float),
+    "label_smoothing": ("augment", float),
+    "dropout": ("model", float),
+    "width": ("model", int),
+}
+
+
+def _default_space() -> dict[str, SearchDim]:
+    return {
+        "lr": SearchDim(low=5e-4, high=1e-2, log=True),
+        "weight_decay": SearchDim(low=1e-5, high=1e-2, log=True),
+        "dropout": SearchDim(low=0.0, high=0.5),
+        "mixup_alpha": SearchDim(low=0.0, high=0.4),
+        "label_smoothing": SearchDim(low=0.0, high=0.15),
+        "batch_size": SearchDim(choices=[16, 32, 64]),
+    }
+
+
+class TuneParams(Section):
+    """Hyperparameter search with Optuna on the validation split (train reads the result when asked)."""
+
+    n_trials: Annotated[int, Field(ge=0)] = Field(default=0, description="Trial budget; 0 = skip the search.")
+    epochs: PositiveInt | None = Field(
+        default=None, description="Epochs per trial; null = train.epochs (the best trial then reproduces)."
+    )
+    prune_after_epochs: Annotated[int, Field(ge=0)] = Field(
+        default=4, description="Median pruner: epochs a trial always runs before it can be stopped."
+    )
+    n_startup_trials: Annotated[int, Field(ge=0)] = Field(
+        default=2, description="Median pruner: complete trials before pruning starts."
+    )
+    space: dict[str, SearchDim] = Field(
+        default_factory=_default_space, description="Hyperparameter -> range or choices."
+    )
+
+    @field_validator("space")
+    @classmethod
+    def _known_dims(cls, v: dict[str, SearchDim]) -> dict[str, SearchDim]:
+        unknown = sorted(set(v) - set(TUNABLE))
+        if unknown:
+            raise ValueError(f"unknown hyperparameter(s) {unknown}; expected some of {sorted(TUNABLE)}")
+        return v
 
 
 class EvaluateParams(Section):
@@ -431,6 +506,7 @@ class Params(Section):
     augment: AugmentParams = AugmentParams()
     model: ModelParams = ModelParams()
     label_issues: LabelIssuesParams = LabelIssuesParams()
+    tune: TuneParams = TuneParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     report: ReportParams = ReportParams()

@@ -2,17 +2,20 @@
 
 Reads:  <processed>/{train,val}.npy + .parquet, normalizer.json, meta.json (pipeline.processed),
         the augmentation policy (models/augment/policy.json), data/interim/label_issues.parquet
-        (train rows with is_dropped are left out; the file may be absent).
+        (train rows with is_dropped are left out; the file may be absent), models/tune/best.json
+        (the tune stage's best values, used only with train.use_tuned: true).
 Writes: the checkpoint (models/model.pt, atomically, on every improvement), dvclive curves
         (<live>/plots/metrics/{train_loss,val_loss,val_balanced_accuracy,val_auroc,lr}.tsv),
         metrics/train.json.
-Params: seed, model.*, train.*, augment.mixup_alpha/cutmix_alpha/label_smoothing.
+Params: seed, model.*, train.*, augment.mixup_alpha/cutmix_alpha/label_smoothing (with
+        train.use_tuned, the searched ones are replaced by the tuned values).
 Multi-GPU: ``torchrun --nproc_per_node=N -m stages.train <same args>``; only rank 0 writes.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from pathlib import Path
@@ -25,12 +28,25 @@ from pipeline import train as tr
 from pipeline.augment import AugmentedDataset, load_policy
 from pipeline.checkpoint import Checkpoint, ModelSpec
 from pipeline.distributed import cleanup_distributed, setup_distributed
+from pipeline.errors import InputError
 from pipeline.io import write_json
 from pipeline.live import log_live, open_live
 from pipeline.models import build_model
-from pipeline.params import load_params
+from pipeline.params import Params, load_params
 from pipeline.processed import ProcessedData
+from pipeline.tune import read_tuned, with_tuned
 from stages._cli import run
+
+
+def _with_tuned_values(params: Params, path: Path | None) -> Params:
+    """``params`` with the tune stage's best values (``train.use_tuned: true``)."""
+    if path is None or not path.is_file():
+        raise InputError(
+            f"train.use_tuned is true but the tune result {path} does not exist; run the tune stage"
+        )
+    values = read_tuned(json.loads(path.read_text(encoding="utf-8")), str(path))
+    logging.info("train.use_tuned: %s from %s", values, path)
+    return with_tuned(params, values, source=str(path))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,8 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for flag in ("--params", "--processed", "--policy", "--label-issues", "--model", "--live", "--metrics"):
         ap.add_argument(flag, type=Path, required=True)
+    ap.add_argument("--tuned", type=Path, default=None, help="models/tune/best.json (train.use_tuned)")
     args = ap.parse_args(argv)
     params = load_params(args.params)
+    if params.train.use_tuned:
+        params = _with_tuned_values(params, args.tuned)
     m = params.model
     t0 = time.perf_counter()
     dist_info = setup_distributed(params.train.device)
