@@ -324,12 +324,31 @@ class AugmentParams(Section):
 class ModelParams(Section):
     """Network architecture."""
 
-    arch: Literal["small_cnn", "resnet18", "resnet34", "resnet50", "efficientnet_b0"] = "small_cnn"
+    arch: str = Field(
+        default="small_cnn",
+        min_length=1,
+        description="small_cnn | resnet18 | resnet34 | resnet50 | efficientnet_b0 (torchvision) | a timm "
+        "model name (timm:<name> forces timm); checked when the model is built.",
+    )
     weights_path: str | None = Field(
         default=None, description="Local file of pretrained weights; never downloaded."
     )
+    input_stats: Literal["data", "pretrained"] = Field(
+        default="data",
+        description="Normalize with the train split's statistics, or with the mean/std the pretrained "
+        "backbone expects (needs weights_path).",
+    )
     width: PositiveInt = Field(default=16, description="small_cnn base width (channels 1x,2x,4x,8x).")
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.2
+
+    @model_validator(mode="after")
+    def _stats_need_weights(self) -> ModelParams:
+        if self.input_stats == "pretrained" and self.weights_path is None:
+            raise ValueError(
+                "input_stats: pretrained needs weights_path (a network trained from scratch has no statistics "
+                "of its own)"
+            )
+        return self
 
 
 class LabelIssuesParams(Section):
@@ -385,6 +404,17 @@ class TrainParams(Section):
     monitor: Literal["val_balanced_accuracy", "val_auroc", "val_loss"] = "val_balanced_accuracy"
     num_workers: Annotated[int, Field(ge=0)] = 0
     amp: bool = True
+    finetune: Literal["full", "linear_probe", "freeze_then_unfreeze"] = Field(
+        default="full",
+        description="full: train everything; linear_probe: train the classifier only; freeze_then_unfreeze: "
+        "the classifier for freeze_epochs, then everything.",
+    )
+    freeze_epochs: Annotated[int, Field(ge=0)] = Field(
+        default=0, description="freeze_then_unfreeze: epochs with the backbone frozen."
+    )
+    backbone_lr_scale: Annotated[float, Field(gt=0, le=1)] = Field(
+        default=1.0, description="Backbone learning rate = lr x this (the classifier gets lr)."
+    )
     use_tuned: bool = Field(
         default=False, description="Override the searched hyperparameters with the tune stage's best values."
     )

@@ -46,8 +46,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.model}: classes {classes} differ from {args.processed / 'meta.json'}; retrain"
         )
     normalizer = processed.normalizer()
-    if normalizer != ckpt.normalizer:
+    # A pretrained backbone's own statistics (model.input_stats) are not fitted on this data.
+    if ckpt.normalizer.fitted_on == "train" and normalizer != ckpt.normalizer:
         raise InputError(f"{args.model}: trained with a different normalizer than {args.processed}; retrain")
+    normalizer = ckpt.normalizer
     test_x, test_idx = processed.split("test")
     labels = test_idx["label_index"].to_numpy(np.int64)
 

@@ -31,7 +31,7 @@ from pipeline.distributed import cleanup_distributed, setup_distributed
 from pipeline.errors import InputError
 from pipeline.io import write_json
 from pipeline.live import log_live, open_live
-from pipeline.models import build_model
+from pipeline.models import build_model, pretrained_normalizer
 from pipeline.params import Params, load_params
 from pipeline.processed import ProcessedData
 from pipeline.tune import read_tuned, with_tuned
@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         data = ProcessedData(args.processed)
         normalizer = data.normalizer()
+        if m.input_stats == "pretrained":  # the statistics the backbone's weights were trained with
+            normalizer = pretrained_normalizer(normalizer, m.arch)
         train_x, train_idx = data.split("train")
         val_x, val_idx = data.split("val")
         issues = pd.read_parquet(args.label_issues) if args.label_issues.exists() else None

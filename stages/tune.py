@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     if params.tune.n_trials > 0:
         from pipeline.augment import load_policy
         from pipeline.inference import select_device
+        from pipeline.models import pretrained_normalizer
         from pipeline.train import dropped_mask
 
         processed = ProcessedData(args.processed)
@@ -47,9 +48,12 @@ def main(argv: list[str] | None = None) -> int:
         keep = ~dropped_mask(train_idx, issues)
         if (~keep).any():
             train_x, train_idx = train_x[keep], train_idx[keep].reset_index(drop=True)
+        normalizer = processed.normalizer()
+        if params.model.input_stats == "pretrained":  # as in stages/train.py
+            normalizer = pretrained_normalizer(normalizer, params.model.arch)
         data = tune.TrainingData(
             train_x, train_idx["label_index"].to_numpy(np.int64), val_x,
-            val_idx["label_index"].to_numpy(np.int64), len(processed.classes), processed.normalizer(),
+            val_idx["label_index"].to_numpy(np.int64), len(processed.classes), normalizer,
             load_policy(args.policy),
         )  # fmt: skip
         best, trials = tune.run_search(params, data, select_device(params.train.device))

@@ -341,3 +341,70 @@ def test_train_stage_under_torchrun_with_two_gloo_processes(tmp_path) -> None:
     metrics = json.loads((tmp_path / "metrics/train.json").read_text())
     assert metrics["world_size"] == 2 and metrics["n_train"] == 48 and metrics["n_val"] == 12
     assert Checkpoint.load(tmp_path / "models/model.pt").classes == CLASSES
+
+
+def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_linear_probe_trains_the_classifier_only(tmp_path) -> None:
+    x, y = _images(24)
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 1, 3, width=4, dropout=0.0)
+    before = _snapshot(model)
+    config = tr.TrainConfig(epochs=2, batch_size=8, finetune="linear_probe")
+    after = _snapshot(tr.fit_model(model, x, y, _normalizer(tmp_path, x), config, val_images=x, val_labels=y))
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    # weights, BatchNorm affine parameters and running statistics of the backbone are all kept
+    assert changed == {"classifier.weight", "classifier.bias"}
+
+
+def test_freeze_then_unfreeze_and_backbone_learning_rate(tmp_path) -> None:
+    x, y = _images(24)
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 1, 3, width=4, dropout=0.0)
+    config = tr.TrainConfig(
+        epochs=3, batch_size=8, finetune="freeze_then_unfreeze", freeze_epochs=2, backbone_lr_scale=0.1,
+        warmup_epochs=0,
+    )  # fmt: skip
+    groups = tr.param_groups(model, config)
+    head = tr.head_parameters(model)
+    assert {g["lr"] for g in groups if id(g["params"][0]) in head} == {config.lr}
+    assert [g["lr"] for g in groups if id(g["params"][0]) not in head] == pytest.approx([config.lr * 0.1] * 2)
+    snapshots = []
+    tr.fit_model(
+        model, x, y, _normalizer(tmp_path, x), config, val_images=x, val_labels=y,
+        on_epoch_end=lambda r: snapshots.append(_snapshot(model)),
+    )  # fmt: skip
+    conv = "features.0.0.weight"
+    assert torch.equal(snapshots[0][conv], snapshots[1][conv])  # frozen for 2 epochs
+    assert not torch.equal(snapshots[1][conv], snapshots[2][conv])  # then trained
+    assert not torch.equal(snapshots[0]["classifier.weight"], snapshots[1]["classifier.weight"])
+
+
+def test_timm_backbone_with_pretrained_statistics_through_train_and_evaluate(tmp_path) -> None:
+    """A timm arch, a local "pretrained" file, the backbone's statistics and a frozen start, through
+    the train and evaluate stages: evaluate predicts with the checkpoint's (pretrained) normalizer."""
+    import timm
+
+    from stages import evaluate as evaluate_stage
+    from stages import train as train_stage
+
+    torch.manual_seed(1)
+    weights = tmp_path / "test_resnet.pth"
+    torch.save(timm.create_model("test_resnet", pretrained=False).state_dict(), weights)
+    processed = _processed_dir(tmp_path)
+    params = _params(tmp_path, finetune="freeze_then_unfreeze", freeze_epochs=1, backbone_lr_scale=0.1)
+    raw = yaml.safe_load(params.read_text())
+    raw["model"].update(arch="test_resnet", weights_path=str(weights), input_stats="pretrained")
+    params.write_text(yaml.safe_dump(raw))
+    assert train_stage.main(_train_args(tmp_path, params, processed, tmp_path / "none.parquet")) == 0
+    ckpt = Checkpoint.load(tmp_path / "models/model.pt")
+    assert ckpt.spec.arch == "test_resnet" and ckpt.normalizer.fitted_on == "pretrained:test_resnet"
+    args = [
+        "--params", str(params), "--processed", str(processed), "--model", str(tmp_path / "models/model.pt"),
+        "--metrics", str(tmp_path / "metrics/test.json"), "--plots", str(tmp_path / "plots"),
+        "--predictions", str(tmp_path / "reports/predictions.csv"),
+    ]  # fmt: skip
+    assert evaluate_stage.main(args) == 0
+    assert json.loads((tmp_path / "metrics/test.json").read_text())["accuracy"]["value"] is not None
