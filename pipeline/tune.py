@@ -202,13 +202,18 @@ def run_search(params: Params, data: TrainingData, device: Any) -> tuple[dict, p
 
 
 def trial_table(study: Any) -> pd.DataFrame:
-    """One row per trial: number, state, value (NaN unless complete), running best, drawn values."""
+    """One row per trial: number, state, value, running best of complete trials, drawn values.
+
+    A pruned trial's value is its last reported (intermediate) validation value (Optuna's), kept for the plot;
+    only complete trials count towards the best.
+    """
     rows = []
     best = math.nan
     sign = -1.0 if study.direction.name == "MINIMIZE" else 1.0
     for tr in study.trials:
         value = float(tr.value) if tr.value is not None else math.nan
-        if math.isfinite(value) and (not math.isfinite(best) or sign * value > sign * best):
+        is_complete = tr.state.name == "COMPLETE"
+        if is_complete and math.isfinite(value) and (not math.isfinite(best) or sign * value > sign * best):
             best = value
         rows.append({"trial": tr.number, "state": tr.state.name.lower(), "value": value, "best_value": best,
                      **tr.params})  # fmt: skip
