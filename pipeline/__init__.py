@@ -28,9 +28,11 @@ STAGE_LOGIC = {
     "label_issues": "label_issues",
     "accounting": "accounting",
     "truth": "accounting",
+    "tune": "tune",
     "train": "train",
     "mixup": "train",
     "evaluate": "evaluate",
+    "calibration": "evaluate",
     "report": "report",
 }
 

@@ -472,17 +472,19 @@ def plan_demo(params: DemoParams, seed: int) -> list[_Slot]:
     lo, hi = params.images_per_patient_range
     width = max(4, len(str(params.n_patients - 1)))
 
+    draw = _label_drawer(classes, params.class_proportions, rng)
+
     # Patients: a main label; most images carry it, some patients have mixed findings.
     slots: list[_Slot] = []
     by_patient: dict[str, list[int]] = {}
     for p in range(params.n_patients):
         patient = f"p{p:0{width}d}"
         n = int(rng.integers(lo, hi + 1))
-        main = str(rng.choice(classes))
+        main = draw(classes)
         mixed = rng.random() < params.mixed_patient_fraction
         by_patient[patient] = []
         for _ in range(n):
-            label = str(rng.choice(classes)) if mixed else main
+            label = draw(classes) if mixed else main
             by_patient[patient].append(len(slots))
             slots.append(_Slot(patient=patient, label=label, true_label=label, seed=int(rng.integers(2**63))))
     n_base = len(slots)
@@ -518,7 +520,7 @@ def plan_demo(params: DemoParams, seed: int) -> list[_Slot]:
     for i in order[pos : pos + n_flipped]:
         s = slots[i]
         s.flipped = True
-        s.label = str(rng.choice([c for c in classes if c != s.true_label]))
+        s.label = draw([c for c in classes if c != s.true_label])
     pos += n_flipped
     sources = order[pos:]
 
@@ -551,6 +553,23 @@ def plan_demo(params: DemoParams, seed: int) -> list[_Slot]:
         for k, i in enumerate(rng.permutation(len(idx))):
             slots[idx[int(i)]].name = f"images/{patient}/{patient}_{k:02d}"
     return slots
+
+
+def _label_drawer(
+    classes: list[str], proportions: list[float] | None, rng: np.random.Generator
+) -> Callable[[list[str]], str]:
+    """A function drawing one label among some of ``classes``: uniformly (``proportions`` None), or
+    in proportion to their ``demo.class_proportions`` (renormalized over the options offered, so a
+    flipped label lands on a rare class as rarely as a drawn one)."""
+    if proportions is None:
+        return lambda options: str(rng.choice(options))
+    weight = dict(zip(classes, proportions, strict=True))
+
+    def draw(options: list[str]) -> str:
+        w = np.array([weight[c] for c in options], dtype=np.float64)
+        return str(rng.choice(options, p=w / w.sum()))
+
+    return draw
 
 
 def _extension(rng: np.random.Generator) -> str:

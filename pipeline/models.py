@@ -1,9 +1,11 @@
-"""Network architectures: a small CNN (the CPU-friendly default) and torchvision backbones.
+"""Network architectures: a small CNN (the CPU-friendly default), torchvision and timm backbones.
 
 Every model takes ``(N, C, H, W)`` float input with ``C = in_channels`` (1 for grayscale
 radiographs, 3 for RGB dermoscopy/histopathology/fundus) and returns ``(N, n_classes)`` logits.
 
-torchvision models are always built with ``weights=None``: nothing is ever downloaded. Pretrained
+``arch`` is ``small_cnn``, a torchvision name of :data:`ARCHS`, or any timm model name (``timm:<name>``
+forces timm when torchvision has the same name, e.g. ``timm:resnet18``). torchvision models are
+built with ``weights=None`` and timm models with ``pretrained=False``: nothing is ever downloaded. Pretrained
 weights come only from a local file (``weights_path``) that is read with
 ``torch.load(weights_only=True)``, so a file cannot execute code when it is loaded. The first
 convolution is adapted to ``in_channels`` (RGB kernels summed for one channel, as timm does) and the
@@ -15,16 +17,21 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from pipeline.errors import InputError
+from pipeline.processed import Normalizer
 
 log = logging.getLogger(__name__)
 
 ARCHS = ("small_cnn", "resnet18", "resnet34", "resnet50", "efficientnet_b0")
+TIMM_PREFIX = "timm:"
+# What torchvision's ImageNet weights expect (on 0-1 pixels): the normalizer used with them.
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
 class SmallCNN(nn.Module):
@@ -141,6 +148,66 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
+def timm_name(arch: str) -> str | None:
+    """The timm model name of ``arch``, or None for ``small_cnn`` and the torchvision names."""
+    if arch.startswith(TIMM_PREFIX):
+        return arch.removeprefix(TIMM_PREFIX)
+    return None if arch in BUILDERS else arch
+
+
+def _build_timm(
+    name: str, in_channels: int, n_classes: int, dropout: float
+) -> tuple[nn.Module, str, tuple[str, ...]]:
+    """A timm model (``pretrained=False``) and the state_dict keys of its first conv and classifier."""
+    import timm
+
+    if not timm.is_model(name):
+        raise InputError(
+            f"model.arch: {name!r} is neither one of {list(ARCHS)} nor a timm model name "
+            f"(see timm.list_models())"
+        )
+    model = timm.create_model(
+        name, pretrained=False, num_classes=n_classes, in_chans=in_channels, drop_rate=dropout
+    )
+    cfg = model.pretrained_cfg
+    return model, f"{cfg['first_conv']}.weight", (f"{cfg['classifier']}.",)
+
+
+def pretrained_stats(arch: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) per RGB channel on 0-1 pixels that ``arch``'s pretrained weights expect."""
+    name = timm_name(arch)
+    if name is None:
+        return IMAGENET_STATS
+    import timm
+
+    cfg = timm.create_model(name, pretrained=False).pretrained_cfg
+    return tuple(cfg.get("mean", IMAGENET_STATS[0])), tuple(cfg.get("std", IMAGENET_STATS[1]))
+
+
+def pretrained_normalizer(data: Normalizer, arch: str) -> Normalizer:
+    """The normalizer a pretrained ``arch`` expects, in the stored units of ``data`` (``model.input_stats``).
+
+    ``(x / max_value - mean_c) / std_c`` with the backbone's ImageNet-style statistics; for one
+    channel (gray, whose first conv is the summed RGB kernels, i.e. gray replicated into RGB) the
+    averages of the three channels' statistics.
+    """
+    mean, std = pretrained_stats(arch)
+    if data.channels == 1:
+        mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
+    elif data.channels != len(mean):
+        raise InputError(
+            f"model.input_stats: pretrained statistics have {len(mean)} channels, data {data.channels}"
+        )
+    scale = float(data.max_value)
+    return replace(
+        data,
+        mode="standardize",
+        mean=tuple(m * scale for m in mean),
+        std=tuple(s * scale for s in std),
+        fitted_on=f"pretrained:{arch}",
+    )
+
+
 def build_model(
     arch: str,
     in_channels: int,
@@ -152,12 +219,12 @@ def build_model(
     """Build a classifier, from scratch or from a local pretrained state_dict.
 
     Args:
-        arch: One of :data:`ARCHS`.
+        arch: One of :data:`ARCHS`, a timm model name, or ``timm:<name>``.
         in_channels: Input channels of the data (1 or 3, any positive count works).
         n_classes: Number of output logits.
         width: Base channel width of ``small_cnn`` (ignored by torchvision models).
         dropout: Dropout before the classifier.
-        weights_path: Local ``.pt``/``.pth`` state_dict in the torchvision layout of ``arch``
+        weights_path: Local ``.pt``/``.pth`` state_dict in the torchvision (or timm) layout of ``arch``
             (e.g. ImageNet weights saved with ``torch.save(model.state_dict(), path)``). Its first
             conv is adapted to ``in_channels``; its classifier is dropped and re-initialised.
 
@@ -168,12 +235,14 @@ def build_model(
         ValueError: Unknown ``arch``, bad counts, or a weights file that does not match ``arch``.
         FileNotFoundError: ``weights_path`` does not exist.
     """
-    if arch not in BUILDERS:
-        raise InputError(f"model.arch: unknown architecture {arch!r}; expected one of {list(ARCHS)}")
     if in_channels < 1 or n_classes < 2:
         raise InputError(f"expected in_channels >= 1 and n_classes >= 2, got {in_channels}, {n_classes}")
-    builder, first_conv_key, head_prefixes = BUILDERS[arch]
-    model = builder(in_channels, n_classes, width, dropout)
+    name = timm_name(arch)
+    if name is not None:
+        model, first_conv_key, head_prefixes = _build_timm(name, in_channels, n_classes, dropout)
+    else:
+        builder, first_conv_key, head_prefixes = BUILDERS[arch]
+        model = builder(in_channels, n_classes, width, dropout)
     if weights_path is None:
         return model
 

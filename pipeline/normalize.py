@@ -315,10 +315,12 @@ def build_index(
 
     Returns:
         ``(table, classes)``: columns ``image_id, path, label, patient_id, group_id, split,
-        label_index, channels, bit_depth``; sorted class names.
+        label_index, channels, bit_depth`` (and ``width, height`` when the manifest has them);
+        sorted class names.
     """
     cur = curated.loc[included(curated), ["image_id", "group_id"]]
     man_cols = ["image_id", "path", "label", "patient_id", "channels", "bit_depth"]
+    man_cols += [c for c in ("width", "height") if c in manifest.columns]  # for image_size: auto
     df = cur.merge(manifest[man_cols], on="image_id", how="left", validate="one_to_one")
     df = df.merge(splits[["image_id", "split"]], on="image_id", how="left", validate="one_to_one")
     if df["split"].isna().any() or df["path"].isna().any():
@@ -374,6 +376,35 @@ def _store_split(
             raise ValueError(f"normalize: wrote {writer.n_written} of {shape[0]} images to {out}")
 
 
+# image_size: auto never goes above these: a CPU trains a small CNN at 64 px in seconds per epoch; a
+# GPU affords the 224-256 px that ImageNet-pretrained backbones were trained at.
+AUTO_SIZE_CAP = {"cpu": 64, "cuda": 256}
+AUTO_SIZE_STEP = 32
+
+
+def choose_image_size(requested: int | str, table: pd.DataFrame, on_cuda: bool) -> tuple[int, str]:
+    """The side of the stored square images: ``requested`` when it is a number, else from the data.
+
+    ``auto``: the median short side (``min(width, height)``) of the included images, rounded down to
+    a multiple of 32 (never upsampling the typical image), capped by :data:`AUTO_SIZE_CAP` for the
+    device training will use; images smaller than 32 px keep their median short side (at least 8).
+
+    Returns:
+        ``(size, reason)``; the reason goes to ``metrics/normalize.json``.
+    """
+    if requested != "auto":
+        return int(requested), "normalize.image_size"
+    if not {"width", "height"} <= set(table.columns) or table.empty:
+        cap = AUTO_SIZE_CAP["cuda" if on_cuda else "cpu"]
+        return cap, f"auto: no image dimensions, the {'cuda' if on_cuda else 'cpu'} cap"
+    short = np.minimum(pd.to_numeric(table["width"]), pd.to_numeric(table["height"]))
+    median = int(np.median(short))
+    device = "cuda" if on_cuda else "cpu"
+    stepped = median // AUTO_SIZE_STEP * AUTO_SIZE_STEP or max(8, median)
+    size = min(stepped, AUTO_SIZE_CAP[device])
+    return size, f"auto: median short side {median} px, {device} cap {AUTO_SIZE_CAP[device]} px"
+
+
 def build_processed(
     manifest: pd.DataFrame,
     curated: pd.DataFrame,
@@ -385,6 +416,7 @@ def build_processed(
     max_pixels: int = 100_000_000,
     multi_frame: str = "first",
     features: pd.DataFrame | None = None,
+    on_cuda: bool = False,
 ) -> dict[str, Any]:
     """Decode, resize and store every included image per split; fit the normalizer on train.
 
@@ -403,6 +435,7 @@ def build_processed(
         executor: Where decoding runs (``None``: in-process).
         max_pixels, multi_frame: Passed to ``pipeline.images.read_image`` (ingest params).
         features: Optional ``features.parquet`` (``max``, ``full_scale``) for the 16-bit stored range.
+        on_cuda: Training will run on a CUDA GPU (``image_size: auto`` may then pick a larger size).
 
     Returns:
         The metrics dict (``metrics/normalize.json``).
@@ -425,7 +458,8 @@ def build_processed(
     dtype = "uint16" if params.keep_uint16 and is16.any() else "uint8"
     source_max = stored_range(features, table.loc[is16, "image_id"]) if is16.any() else 255
     max_value = source_max if dtype == "uint16" else 255
-    size = params.image_size
+    size, size_reason = choose_image_size(params.image_size, table, on_cuda)
+    log.info("normalize: image_size %d (%s)", size, size_reason)
     log.info(
         "normalize: %d images, %d classes, %d channel(s), %s, %dx%d, aspect=%s",
         len(table),
@@ -480,6 +514,7 @@ def build_processed(
     write_json(normalizer.to_dict(), out_dir / "normalizer.json")
     return {
         **{k: meta[k] for k in ("channels", "image_size", "dtype", "max_value", "aspect")},
+        "image_size_reason": size_reason,
         "n_classes": len(classes),
         "mode": params.mode,
         "splits": per_split,

@@ -114,6 +114,10 @@ class DemoParams(Section):
         min_length=2,
         description="Classes to draw; each name is a synthetic finding (normal = none).",
     )
+    class_proportions: list[Annotated[float, Field(gt=0)]] | None = Field(
+        default=None,
+        description="Relative frequency of each class of `classes` (e.g. [24, 5, 1]); null = equal.",
+    )
     n_patients: PositiveInt = 320
     images_per_patient_range: tuple[PositiveInt, PositiveInt] = Field(
         default=(1, 8), description="[low, high] images per patient, duplicates included."
@@ -152,6 +156,15 @@ class DemoParams(Section):
         if len(set(v)) != len(v):
             raise ValueError(f"class names must be unique, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _proportions_match_classes(self) -> DemoParams:
+        if self.class_proportions is not None and len(self.class_proportions) != len(self.classes):
+            raise ValueError(
+                f"class_proportions has {len(self.class_proportions)} entries but classes has "
+                f"{len(self.classes)} ({self.classes}); give one proportion per class"
+            )
+        return self
 
     @model_validator(mode="after")
     def _fits(self) -> DemoParams:
@@ -319,7 +332,11 @@ class SplitParams(Section):
 class NormalizeParams(Section):
     """Resizing and pixel normalization (fitted on train only)."""
 
-    image_size: Annotated[int, Field(ge=8, le=2048)] = 64
+    image_size: Annotated[int, Field(ge=8, le=2048)] | Literal["auto"] = Field(
+        default="auto",
+        description="Side of the stored square images; auto = from the data's median short side, "
+        "capped at 64 px when training runs on the CPU and 256 px on CUDA.",
+    )
     aspect: Literal["pad", "center_crop", "stretch"] = "pad"
     mode: Literal["scale01", "center", "standardize", "percentile", "per_image_zscore"] = "standardize"
     percentile_range: tuple[Fraction, Fraction] = (0.005, 0.995)
@@ -373,12 +390,31 @@ class AugmentParams(Section):
 class ModelParams(Section):
     """Network architecture."""
 
-    arch: Literal["small_cnn", "resnet18", "resnet34", "resnet50", "efficientnet_b0"] = "small_cnn"
+    arch: str = Field(
+        default="small_cnn",
+        min_length=1,
+        description="small_cnn | resnet18 | resnet34 | resnet50 | efficientnet_b0 (torchvision) | a timm "
+        "model name (timm:<name> forces timm); checked when the model is built.",
+    )
     weights_path: str | None = Field(
         default=None, description="Local file of pretrained weights; never downloaded."
     )
+    input_stats: Literal["data", "pretrained"] = Field(
+        default="data",
+        description="Normalize with the train split's statistics, or with the mean/std the pretrained "
+        "backbone expects (needs weights_path).",
+    )
     width: PositiveInt = Field(default=16, description="small_cnn base width (channels 1x,2x,4x,8x).")
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.2
+
+    @model_validator(mode="after")
+    def _stats_need_weights(self) -> ModelParams:
+        if self.input_stats == "pretrained" and self.weights_path is None:
+            raise ValueError(
+                "input_stats: pretrained needs weights_path (a network trained from scratch has no statistics "
+                "of its own)"
+            )
+        return self
 
 
 class LabelIssuesParams(Section):
@@ -421,11 +457,105 @@ class TrainParams(Section):
     lr: Annotated[float, Field(gt=0)] = 2e-3
     weight_decay: Annotated[float, Field(ge=0)] = 1e-4
     warmup_epochs: Annotated[int, Field(ge=0)] = 1
-    class_weights: bool = False
+    class_weights: Literal["auto"] | bool = Field(
+        default="auto",
+        description='"balanced" loss weights: true, false, or auto = on when the train classes are '
+        "unbalanced beyond imbalance_ratio.",
+    )
+    imbalance_ratio: Annotated[float, Field(ge=1)] = Field(
+        default=1.5,
+        description="class_weights: auto turns weights on when largest / smallest train class count exceeds this.",
+    )
     patience: PositiveInt = 8
     monitor: Literal["val_balanced_accuracy", "val_auroc", "val_loss"] = "val_balanced_accuracy"
     num_workers: Annotated[int, Field(ge=0)] = 0
     amp: bool = True
+    finetune: Literal["full", "linear_probe", "freeze_then_unfreeze"] = Field(
+        default="full",
+        description="full: train everything; linear_probe: train the classifier only; freeze_then_unfreeze: "
+        "the classifier for freeze_epochs, then everything.",
+    )
+    freeze_epochs: Annotated[int, Field(ge=0)] = Field(
+        default=0, description="freeze_then_unfreeze: epochs with the backbone frozen."
+    )
+    backbone_lr_scale: Annotated[float, Field(gt=0, le=1)] = Field(
+        default=1.0, description="Backbone learning rate = lr x this (the classifier gets lr)."
+    )
+    use_tuned: bool = Field(
+        default=False, description="Override the searched hyperparameters with the tune stage's best values."
+    )
+
+
+class SearchDim(Section):
+    """One dimension of the tune search space: a range (``low``, ``high``, ``log``) or ``choices``."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = Field(default=False, description="Sample the range on a log scale (learning rates).")
+    choices: list[float] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _range_or_choices(self) -> SearchDim:
+        if self.choices is not None:
+            if self.low is not None or self.high is not None:
+                raise ValueError("give either choices or low/high, not both")
+            return self
+        if self.low is None or self.high is None or self.low > self.high:
+            raise ValueError(f"expected low <= high (or choices), got low={self.low}, high={self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, got {self.low}")
+        return self
+
+
+# Tunable hyperparameter -> the params section it overrides (an integer when the field is one).
+TUNABLE: dict[str, tuple[str, type]] = {
+    "lr": ("train", float),
+    "weight_decay": ("train", float),
+    "batch_size": ("train", int),
+    "warmup_epochs": ("train", int),
+    "mixup_alpha": ("augment", float),
+    "cutmix_alpha": ("augment", float),
+    "label_smoothing": ("augment", float),
+    "dropout": ("model", float),
+    "width": ("model", int),
+}
+
+
+def _default_space() -> dict[str, SearchDim]:
+    return {
+        "lr": SearchDim(low=5e-4, high=1e-2, log=True),
+        "weight_decay": SearchDim(low=1e-5, high=1e-2, log=True),
+        "dropout": SearchDim(low=0.0, high=0.5),
+        "mixup_alpha": SearchDim(low=0.0, high=0.4),
+        "label_smoothing": SearchDim(low=0.0, high=0.15),
+        "batch_size": SearchDim(choices=[16, 32, 64]),
+    }
+
+
+class TuneParams(Section):
+    """Hyperparameter search with Optuna on the validation split (train reads the result when asked)."""
+
+    n_trials: Annotated[int, Field(ge=0)] = Field(default=0, description="Trial budget; 0 = skip the search.")
+    epochs: PositiveInt | None = Field(
+        default=None, description="Epochs per trial; null = train.epochs (the best trial then reproduces)."
+    )
+    prune_after_epochs: Annotated[int, Field(ge=0)] = Field(
+        default=4, description="Median pruner: epochs a trial always runs before it can be stopped."
+    )
+    n_startup_trials: Annotated[int, Field(ge=0)] = Field(
+        default=2, description="Median pruner: complete trials before pruning starts."
+    )
+    space: dict[str, SearchDim] = Field(
+        default_factory=_default_space, description="Hyperparameter -> range or choices."
+    )
+
+    @field_validator("space")
+    @classmethod
+    def _known_dims(cls, v: dict[str, SearchDim]) -> dict[str, SearchDim]:
+        unknown = sorted(set(v) - set(TUNABLE))
+        if unknown:
+            raise ValueError(f"unknown hyperparameter(s) {unknown}; expected some of {sorted(TUNABLE)}")
+        return v
 
 
 class EvaluateParams(Section):
@@ -438,6 +568,16 @@ class EvaluateParams(Section):
     n_calibration_bins: Annotated[int, Field(ge=2)] = 10
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
     batch_size: PositiveInt = 256
+    temperature_scaling: bool = Field(
+        default=True, description="Fit a temperature on val and apply it to the test probabilities."
+    )
+    positive_class: str | None = Field(
+        default=None, description="Binary tasks: the positive class (null = the second class, sorted)."
+    )
+    target_sensitivity: Annotated[float, Field(gt=0, le=1)] | None = Field(
+        default=None,
+        description="Binary tasks: the val sensitivity the operating threshold must reach; null = Youden's J.",
+    )
 
 
 class ReportParams(Section):
@@ -462,6 +602,7 @@ class Params(Section):
     augment: AugmentParams = AugmentParams()
     model: ModelParams = ModelParams()
     label_issues: LabelIssuesParams = LabelIssuesParams()
+    tune: TuneParams = TuneParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     report: ReportParams = ReportParams()

@@ -296,6 +296,26 @@ def _section_training(a: AuditInputs) -> str:
     return "".join(out)
 
 
+def _calibration_note(tm: dict) -> str:
+    """Temperature and ECE before/after; the binary operating point (metrics/test.json)."""
+    out = []
+    cal = tm.get("calibration") or {}
+    if cal.get("method"):
+        out.append(
+            f"<p>Temperature scaling fitted on val: T = {_fmt(cal.get('temperature'))}; test ECE "
+            f"{_fmt(cal.get('ece_before'))} before, {_fmt(cal.get('ece_after'))} after (predicted classes unchanged).</p>"
+        )
+    op = tm.get("operating_point")
+    if isinstance(op, dict):
+        rows = [{"split": s, **(op.get(s) or {})} for s in ("val", "test")]
+        out.append(
+            f"<p>Operating threshold {_fmt(op.get('threshold'))} on P({html.escape(str(op.get('positive_class')))}),"
+            f" chosen on val ({html.escape(str(op.get('method')))}), applied unchanged to test:</p>"
+        )
+        out.append(_table(pd.DataFrame(rows)))
+    return "".join(out)
+
+
 def _section_test_metrics(a: AuditInputs) -> str:
     if a.test_metrics is None:
         return _missing("metrics/test.json")
@@ -320,6 +340,7 @@ def _section_test_metrics(a: AuditInputs) -> str:
     if isinstance(tm.get("per_class"), dict):
         pc = pd.DataFrame(tm["per_class"]).T.reset_index(names="class")
         out.append(_table(pc))
+    out.append(_calibration_note(tm))
     if a.roc is not None and {"fpr", "tpr"} <= set(a.roc.columns):
 
         def draw(ax: Any) -> None:

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 # Metrics where larger is better; everything else (val_loss) is minimised.
 MAXIMIZED = {"val_balanced_accuracy", "val_auroc"}
 MONITORS = (*sorted(MAXIMIZED), "val_loss")
+FINETUNE = ("full", "linear_probe", "freeze_then_unfreeze")
 
 
 @dataclass(frozen=True)
@@ -51,12 +52,21 @@ class TrainConfig:
         warmup_epochs: Linear warmup before the cosine decay (per step).
         mixup_alpha, cutmix_alpha, label_smoothing: Batch regularisation (pipeline.mixup);
             all 0 = plain cross entropy on one-hot targets.
-        class_weights: Weight the loss with "balanced" class weights from the train labels.
+        class_weights: Weight the loss with "balanced" class weights from the train labels:
+            True, False, or "auto" = when the classes are unbalanced beyond ``imbalance_ratio``
+            (:func:`loss_class_weights`).
+        imbalance_ratio: Largest / smallest train class count above which "auto" weights the loss.
         patience: Stop after this many epochs without improvement of ``monitor`` (None = never).
         monitor: val_balanced_accuracy | val_auroc (maximised) or val_loss (minimised).
         seed: Seeds weight-independent randomness: shuffling, mixup, dropout.
         num_workers: DataLoader worker processes (persistent when > 0).
         amp: Mixed precision on CUDA (bf16 where supported).
+        finetune: "full" (train everything), "linear_probe" (the classifier only, the backbone
+            frozen with its BatchNorm statistics) or "freeze_then_unfreeze" (the classifier for
+            ``freeze_epochs`` epochs, then everything): :class:`FreezeSchedule`.
+        freeze_epochs: Epochs with the backbone frozen under "freeze_then_unfreeze".
+        backbone_lr_scale: The backbone's learning rate is ``lr * backbone_lr_scale``, the
+            classifier's ``lr`` (:func:`param_groups`): pretrained features move less than the new head.
         recompute_bn: Re-estimate BatchNorm running statistics on the un-augmented train images
             after every epoch that is validated (and after the last one), so validation, the kept
             weights and later predictions use statistics of plain images from the current weights
@@ -71,17 +81,25 @@ class TrainConfig:
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
     label_smoothing: float = 0.0
-    class_weights: bool = False
+    class_weights: bool | str = False
+    imbalance_ratio: float = 1.5
     patience: int | None = None
     monitor: str = "val_balanced_accuracy"
     seed: int = 0
     num_workers: int = 0
     amp: bool = True
+    finetune: str = "full"
+    freeze_epochs: int = 0
+    backbone_lr_scale: float = 1.0
     recompute_bn: bool = True
 
     def __post_init__(self) -> None:
         if self.monitor not in MONITORS:
             raise InputError(f"train.monitor: expected one of {list(MONITORS)}, got {self.monitor!r}")
+        if self.finetune not in FINETUNE:
+            raise InputError(f"train.finetune: expected one of {list(FINETUNE)}, got {self.finetune!r}")
+        if self.class_weights not in (True, False, "auto"):
+            raise InputError(f"train.class_weights: expected true, false or auto, got {self.class_weights!r}")
 
     @classmethod
     def from_params(cls, params: Params) -> TrainConfig:
@@ -97,11 +115,15 @@ class TrainConfig:
             cutmix_alpha=a.cutmix_alpha,
             label_smoothing=a.label_smoothing,
             class_weights=p.class_weights,
+            imbalance_ratio=p.imbalance_ratio,
             patience=p.patience,
             monitor=p.monitor,
             seed=params.seed,
             num_workers=p.num_workers,
             amp=p.amp,
+            finetune=p.finetune,
+            freeze_epochs=p.freeze_epochs,
+            backbone_lr_scale=p.backbone_lr_scale,
         )
 
     @property
@@ -182,9 +204,9 @@ def fit_model(
         train_set, config, shuffle_gen, distributed=distributed, pin_memory=device.type == "cuda"
     )
     step = Stepper.create(net, config, steps_per_epoch=max(1, len(loader)), device=device)
-    weights = (
-        balanced_class_weights(train_labels, n_outputs(net)).to(device) if config.class_weights else None
-    )
+    weights = loss_class_weights(train_labels, n_outputs(net), config)
+    weights = weights.to(device) if weights is not None else None
+    freeze = FreezeSchedule.create(net, config, distributed=distributed)
     stopping = EarlyStopping(config.monitor, config.patience)
 
     with _deterministic(device.type == "cpu"):
@@ -192,11 +214,21 @@ def fit_model(
             # ---- one epoch of training
             t0 = time.perf_counter()
             loader.sampler.set_epoch(epoch)  # reshuffles (DDP) and sets per-sample augmentation seeds
+            frozen = freeze.apply(epoch)  # a frozen backbone gets no gradient and keeps its BN statistics
             train_loss = train_one_epoch(
-                model, loader, step, normalizer, config, weights, mix_gen, distributed
+                model,
+                loader,
+                step,
+                normalizer,
+                config,
+                weights,
+                mix_gen,
+                distributed,
+                frozen=freeze if frozen else None,
             )
             record: dict[str, float] = {"epoch": epoch, "train_loss": train_loss, "lr": step.lr}
-            if config.recompute_bn and train_images is not None and (has_val or epoch == config.epochs - 1):
+            is_last = epoch == config.epochs - 1
+            if config.recompute_bn and not frozen and train_images is not None and (has_val or is_last):
                 # Eval-mode statistics of plain images, before validation and before the weights
                 # can be kept as the best (see recompute_bn_stats).
                 recompute_bn_stats(net, train_images, normalizer, device, config.eval_batch_size)
@@ -297,16 +329,7 @@ class Stepper:
     ) -> Stepper:
         """AdamW (no weight decay on biases and BatchNorm parameters, standard practice), warmup + cosine."""
         is_cuda = device.type == "cuda"
-        decay = [p for p in net.parameters() if p.ndim > 1]
-        no_decay = [p for p in net.parameters() if p.ndim <= 1]
-        optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": config.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=config.lr,
-            fused=is_cuda,
-        )
+        optimizer = torch.optim.AdamW(param_groups(net, config), lr=config.lr, fused=is_cuda)
         warmup, total = config.warmup_epochs * steps_per_epoch, config.epochs * steps_per_epoch
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup, total))
         # fp16 (no bf16 support) needs loss scaling; bf16 and fp32 do not.
@@ -324,7 +347,76 @@ class Stepper:
 
     @property
     def lr(self) -> float:
-        return float(self.optimizer.param_groups[0]["lr"])
+        """The classifier's (peak-``lr``) current learning rate."""
+        return float(max(g["lr"] for g in self.optimizer.param_groups))
+
+
+def head_parameters(net: nn.Module) -> set[int]:
+    """ids of the classifier's parameters: those of the network's last ``nn.Linear`` layer."""
+    last = [m for m in net.modules() if isinstance(m, nn.Linear)][-1]
+    return {id(p) for p in last.parameters()}
+
+
+def param_groups(net: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
+    """AdamW groups: backbone / classifier x decay / no decay (biases and norm weights).
+
+    The backbone's learning rate is ``lr * backbone_lr_scale`` (the warmup-cosine schedule scales
+    every group alike); empty groups are left out.
+    """
+    head = head_parameters(net)
+    groups = []
+    for is_head in (False, True):
+        lr = config.lr if is_head else config.lr * config.backbone_lr_scale
+        for decay in (True, False):
+            params = [p for p in net.parameters() if (id(p) in head) == is_head and (p.ndim > 1) == decay]
+            if params:
+                groups.append(
+                    {"params": params, "lr": lr, "weight_decay": config.weight_decay if decay else 0.0}
+                )
+    return groups
+
+
+@dataclass
+class FreezeSchedule:
+    """Which epochs train the classifier only (``config.finetune``), and how to freeze the backbone.
+
+    Frozen = no gradient for the backbone's parameters (AdamW then skips them: no update, no
+    decay) and its BatchNorm layers in eval mode, so their pretrained running statistics are kept.
+    """
+
+    backbone: list[nn.Parameter]
+    norms: list[nn.Module]
+    frozen_epochs: float  # math.inf for a linear probe
+
+    @classmethod
+    def create(cls, net: nn.Module, config: TrainConfig, *, distributed: bool) -> FreezeSchedule:
+        head = head_parameters(net)
+        frozen_epochs = {"full": 0, "linear_probe": math.inf, "freeze_then_unfreeze": config.freeze_epochs}
+        n = frozen_epochs[config.finetune]
+        if n and distributed:
+            raise InputError(f"train.finetune: {config.finetune} is not supported under torchrun (DDP)")
+        head_modules = {m for m in net.modules() if any(id(p) in head for p in m.parameters(recurse=False))}
+        return cls(
+            backbone=[p for p in net.parameters() if id(p) not in head],
+            norms=[
+                m for m in net.modules()
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m not in head_modules
+            ],
+            frozen_epochs=n,
+        )  # fmt: skip
+
+    def apply(self, epoch: int) -> bool:
+        """Set the backbone's ``requires_grad`` for ``epoch``; True when it is frozen."""
+        frozen = epoch < self.frozen_epochs
+        for p in self.backbone:
+            p.requires_grad_(not frozen)
+        return frozen
+
+    def train_mode(self, model: nn.Module) -> None:
+        """``model.train()`` with the frozen backbone's BatchNorm layers kept in eval mode."""
+        model.train()
+        for m in self.norms:
+            m.eval()
 
 
 def train_one_epoch(
@@ -336,11 +428,18 @@ def train_one_epoch(
     weights: torch.Tensor | None,
     mix_gen: torch.Generator,
     distributed: bool,
+    frozen: FreezeSchedule | None = None,
 ) -> float:
-    """One pass over ``loader``; returns the mean training loss (over all ranks under DDP)."""
+    """One pass over ``loader``; returns the mean training loss (over all ranks under DDP).
+
+    ``frozen``: the schedule whose backbone is frozen this epoch (its BatchNorm stays in eval mode).
+    """
     device = next(model.parameters()).device
     n_classes = n_outputs(getattr(model, "module", model))
-    model.train()
+    if frozen is not None:
+        frozen.train_mode(model)
+    else:
+        model.train()
     loss_sum = torch.zeros((), device=device)
     n_seen = 0
     for x_uint, y in loader:
@@ -527,6 +626,27 @@ def validation_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float
         "val_balanced_accuracy": float(balanced_accuracy_score(labels, probs.argmax(1))),
         "val_auroc": auroc,
     }
+
+
+def loss_class_weights(labels: np.ndarray, n_classes: int, config: TrainConfig) -> torch.Tensor | None:
+    """The class-weight policy: "balanced" weights, or None for an unweighted loss.
+
+    ``config.class_weights`` True/False decides; "auto" weights the loss when the largest train
+    class outnumbers the smallest present one by more than ``config.imbalance_ratio``. Unweighted,
+    a network on a 20:1 set learns to predict the majority class (low loss, chance-level balanced
+    accuracy); weighted, every class contributes equally to the loss.
+    """
+    counts = np.bincount(labels, minlength=n_classes)
+    present = counts[counts > 0]
+    ratio = float(present.max() / present.min())
+    use = config.class_weights is True or (config.class_weights == "auto" and ratio > config.imbalance_ratio)
+    log.info(
+        "class counts %s (largest/smallest %.2f): %s loss",
+        counts.tolist(),
+        ratio,
+        "class-weighted" if use else "unweighted",
+    )
+    return balanced_class_weights(labels, n_classes) if use else None
 
 
 def balanced_class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:

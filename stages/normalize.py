@@ -7,7 +7,8 @@ Writes: ``--out`` (data/processed/): {train,val,test}.npy (uint8/uint16, N x H x
         {train,val,test}.parquet (image_id, label, patient_id, group_id, label_index), meta.json,
         normalizer.json; ``--metrics`` (metrics/normalize.json).
 Params: ``normalize`` (image_size, aspect, mode, percentile_range, keep_uint16, channels),
-        ``data.root``, ``ingest.max_pixels`` / ``ingest.multi_frame`` (decoding), ``executor``.
+        ``train.device`` (``image_size: auto`` is larger when training runs on CUDA), ``data.root``,
+        ``ingest.max_pixels`` / ``ingest.multi_frame`` (decoding), ``executor``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,13 @@ from pipeline.normalize import build_processed
 from stages._cli import run, start
 
 log = logging.getLogger("stages.normalize")
+
+
+def _training_on_cuda(requested: str) -> bool:
+    """Whether train will run on CUDA (only asked for ``image_size: auto``; imports torch)."""
+    from pipeline.inference import select_device
+
+    return select_device(requested).type == "cuda"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         max_pixels=params.ingest.max_pixels,
         multi_frame=params.ingest.multi_frame,
         features=features,
+        on_cuda=params.normalize.image_size == "auto" and _training_on_cuda(params.train.device),
     )
     write_json(metrics, args.metrics)
     log.info(

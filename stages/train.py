@@ -2,17 +2,22 @@
 
 Reads:  <processed>/{train,val}.npy + .parquet, normalizer.json, meta.json (pipeline.processed),
         the augmentation policy (models/augment/policy.json), data/interim/label_issues.parquet
-        (train rows with is_dropped are left out; the file may be absent).
+        (train rows with is_dropped are left out; the file may be absent), models/tune/best.json
+        (the tune stage's best values, used only with train.use_tuned: true).
 Writes: the checkpoint (models/model.pt, atomically, on every improvement), dvclive curves
         (<live>/plots/metrics/{train_loss,val_loss,val_balanced_accuracy,val_auroc,lr}.tsv),
         metrics/train.json.
-Params: seed, model.*, train.*, augment.mixup_alpha/cutmix_alpha/label_smoothing.
+Params: seed, model.*, train.*, augment.mixup_alpha/cutmix_alpha/label_smoothing (with
+        train.use_tuned, the searched ones are replaced by the tuned values).
 Multi-GPU: ``torchrun --nproc_per_node=N -m stages.train <same args>``; only rank 0 writes.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,23 +27,49 @@ from pipeline import train as tr
 from pipeline.augment import AugmentedDataset, load_policy
 from pipeline.checkpoint import Checkpoint, ModelSpec
 from pipeline.distributed import cleanup_distributed, setup_distributed
+from pipeline.errors import InputError
 from pipeline.io import write_json
 from pipeline.live import log_live, open_live
-from pipeline.models import build_model
+from pipeline.models import build_model, pretrained_normalizer
+from pipeline.params import Params
 from pipeline.processed import ProcessedData
+from pipeline.tune import read_tuned, with_tuned
 from stages._cli import run, start
+
+
+def _with_tuned_values(params: Params, path: Path | None) -> Params:
+    """``params`` with the tune stage's best values (``train.use_tuned: true``)."""
+    if path is None or not path.is_file():
+        raise InputError(
+            f"train.use_tuned is true but the tune result {path} does not exist; run the tune stage"
+        )
+    values = read_tuned(json.loads(path.read_text(encoding="utf-8")), str(path))
+    logging.info("train.use_tuned: %s from %s", values, path)
+    return with_tuned(params, values, source=str(path))
 
 
 def main(argv: list[str] | None = None) -> int:
     args, params = start(
-        __doc__, argv, "--processed", "--policy", "--label-issues", "--model", "--live", "--metrics"
+        __doc__,
+        argv,
+        "--processed",
+        "--policy",
+        "--label-issues",
+        "--model",
+        "--live",
+        "--metrics",
+        optional=("--tuned",),
     )
+    if params.train.use_tuned:
+        params = _with_tuned_values(params, args.tuned)
     m = params.model
     t0 = time.perf_counter()
     dist_info = setup_distributed(params.train.device)
     try:
         data = ProcessedData(args.processed)
         normalizer = data.normalizer()
+        if m.input_stats == "pretrained":  # the statistics the backbone's weights were trained with
+            normalizer = pretrained_normalizer(normalizer, m.arch)
         train_x, train_idx = data.split("train")
         val_x, val_idx = data.split("val")
         issues = pd.read_parquet(args.label_issues) if args.label_issues.exists() else None

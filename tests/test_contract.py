@@ -25,6 +25,7 @@ STAGE_ORDER = [
     "augment",
     "label_issues",
     "accounting",
+    "tune",
     "train",
     "evaluate",
     "report",

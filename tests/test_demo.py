@@ -18,6 +18,7 @@ from pipeline.demo import (
     KINDS,
     generate_demo,
     make_near_duplicate,
+    plan_demo,
     render_radiograph,
     sample_anatomy,
     sample_view,
@@ -201,6 +202,22 @@ def test_impossible_counts_fail_with_the_key(tiny_demo_params):
         DemoParams(n_patients=10, images_per_patient_range=(1, 2))
     with pytest.raises(ValueError, match="classes"):
         DemoParams(classes=["normal", "pneumonia"])
+
+
+def test_class_proportions_make_an_imbalanced_set():
+    """demo.class_proportions 24:5:1 draws the classes about in that ratio (flips included); unset,
+    the classes are about equal."""
+    base = DemoParams(n_patients=600, images_per_patient_range=(1, 3), mixed_patient_fraction=0.1)
+    imbalanced = base.model_copy(update={"class_proportions": [24.0, 5.0, 1.0]})
+    counts = Counter(s.label for s in plan_demo(imbalanced, 0))
+    n = sum(counts.values())
+    assert counts["normal"] / n == pytest.approx(24 / 30, abs=0.05)
+    assert counts["nodule"] / n == pytest.approx(5 / 30, abs=0.04)
+    assert 0 < counts["effusion"] / n < 2.5 / 30
+    equal = Counter(s.label for s in plan_demo(base, 0))
+    assert max(equal.values()) / min(equal.values()) < 1.3
+    with pytest.raises(ValueError, match="class_proportions has 2 entries but classes has 3"):
+        DemoParams(class_proportions=[1.0, 2.0])
 
 
 def test_stage_writes_the_dataset(tmp_path, caplog, tiny_demo_params):

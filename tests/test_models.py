@@ -29,7 +29,7 @@ def test_small_cnn_is_small() -> None:
 
 
 def test_unknown_arch_names_the_key() -> None:
-    with pytest.raises(ValueError, match="model.arch: unknown architecture 'vgg'"):
+    with pytest.raises(ValueError, match="model.arch: 'vgg' is neither one of"):
         build_model("vgg", 1, 3)
 
 
@@ -86,3 +86,46 @@ def test_malicious_weights_file_is_refused_without_running_code(tmp_path, monkey
     with pytest.raises(ValueError, match="weights_only=True"):
         build_model("resnet18", 3, 3, weights_path=path)
     assert not marker.exists()
+
+
+def _timm_checkpoint(tmp_path, name: str = "test_resnet"):
+    """A tiny randomly initialised timm network saved to disk: the stand-in for a local pretrained file."""
+    import timm
+
+    torch.manual_seed(1)
+    source = timm.create_model(name, pretrained=False)  # 3 channels, 1000 classes, like ImageNet weights
+    path = tmp_path / f"{name}.pth"
+    torch.save(source.state_dict(), path)
+    return source, path
+
+
+def test_timm_backbone_from_a_local_file_is_adapted_to_gray(tmp_path) -> None:
+    source, path = _timm_checkpoint(tmp_path)
+    model = build_model("test_resnet", in_channels=1, n_classes=3, dropout=0.1, weights_path=path)
+    first = source.pretrained_cfg["first_conv"]
+    state, loaded = source.state_dict(), model.state_dict()
+    torch.testing.assert_close(loaded[f"{first}.weight"], state[f"{first}.weight"].sum(dim=1, keepdim=True))
+    backbone = [k for k in state if not k.startswith(("fc.", f"{first}.weight"))]
+    assert backbone and all(torch.equal(loaded[k], state[k]) for k in backbone)
+    assert model.get_classifier().out_features == 3  # head re-initialised for our classes
+    with torch.no_grad():
+        assert model.eval()(torch.randn(2, 1, 32, 32)).shape == (2, 3)
+    # "timm:" forces timm where torchvision has the same name; unknown names say where to look
+    assert type(build_model("timm:resnet18", 1, 2)).__module__.startswith("timm")
+    with pytest.raises(ValueError, match="timm model name"):
+        build_model("no_such_net", 1, 2)
+
+
+def test_pretrained_normalizer_uses_the_backbone_statistics() -> None:
+    from pipeline.models import IMAGENET_STATS, pretrained_normalizer
+    from pipeline.processed import Normalizer
+
+    data = Normalizer("standardize", 255.0, 1, (100.0,), (50.0,), (0.0,), (255.0,))
+    gray = pretrained_normalizer(data, "resnet18")
+    assert gray.mean[0] == pytest.approx(255 * sum(IMAGENET_STATS[0]) / 3)
+    assert gray.std[0] == pytest.approx(255 * sum(IMAGENET_STATS[1]) / 3)
+    assert gray.fitted_on == "pretrained:resnet18"
+    rgb = pretrained_normalizer(
+        Normalizer("scale01", 65535.0, 3, (0,) * 3, (1,) * 3, (0,) * 3, (1,) * 3), "test_resnet"
+    )
+    assert rgb.mode == "standardize" and rgb.mean == pytest.approx((0.5 * 65535,) * 3)  # test_resnet's cfg

@@ -9,7 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.normalize import PixelStats, build_processed, fit_normalizer, resize_image
+from pipeline.normalize import (
+    AUTO_SIZE_CAP,
+    PixelStats,
+    build_processed,
+    choose_image_size,
+    fit_normalizer,
+    resize_image,
+)
 from pipeline.params import NormalizeParams
 from pipeline.processed import Normalizer, ProcessedData
 
@@ -148,3 +155,18 @@ def test_empty_val_split(tmp_path):
     build_processed(manifest, curated, splits, root, out, NormalizeParams(image_size=8))
     x, idx = ProcessedData(out).split("val")
     assert x.shape == (0, 8, 8, 1) and len(idx) == 0
+
+
+def test_auto_image_size_follows_the_data_and_the_device():
+    """auto: median short side rounded down to a multiple of 32, capped per device; a number wins."""
+    table = pd.DataFrame({"width": [1024, 2048, 900, 1100, 300], "height": [1024, 1500, 1200, 1100, 5000]})
+    assert choose_image_size("auto", table, on_cuda=False)[0] == AUTO_SIZE_CAP["cpu"]
+    assert choose_image_size("auto", table, on_cuda=True)[0] == AUTO_SIZE_CAP["cuda"]
+    small = pd.DataFrame({"width": [100, 120, 140], "height": [200, 130, 90]})  # short sides 100, 120, 90
+    assert choose_image_size("auto", small, on_cuda=True) == (
+        96,
+        "auto: median short side 100 px, cuda cap 256 px",
+    )
+    tiny = pd.DataFrame({"width": [28, 28], "height": [28, 28]})
+    assert choose_image_size("auto", tiny, on_cuda=False)[0] == 28  # never upsampled
+    assert choose_image_size(224, table, on_cuda=False) == (224, "normalize.image_size")

@@ -89,7 +89,20 @@ def _full_inputs() -> AuditInputs:
             "accuracy": {"value": 0.8, "ci_low": 0.7, "ci_high": 0.9},
             "per_class": {"a": {"sensitivity": 0.9, "specificity": 0.8}},
             "patient_level": {"accuracy": {"value": 0.85, "ci_low": 0.7, "ci_high": 0.95}},
-        },
+            "calibration": {
+                "method": "temperature_scaling",
+                "temperature": 1.7,
+                "ece_before": 0.11,
+                "ece_after": 0.04,
+            },
+            "operating_point": {
+                "positive_class": "b",
+                "method": "youden",
+                "threshold": 0.42,
+                "val": {"sensitivity": 0.9},
+                "test": {"sensitivity": 0.85},
+            },
+        },  # fmt: skip
         confusion=pd.DataFrame({"actual": ["a", "b", "a"], "predicted": ["a", "b", "b"]}),
         roc=pd.DataFrame({"fpr": [0, 0.5, 1], "tpr": [0, 0.8, 1], "class": ["a", "a", "a"]}),
         demo_truth={"dark": {"precision": 1.0, "recall": 1.0, "n_planted": 1, "n_flagged": 1}},
@@ -107,6 +120,7 @@ def test_report_has_every_section_and_inline_images():
     assert all(src.startswith("data:image/png;base64,") for src in parser.img_srcs)
     assert "Nothing to show" not in page
     assert "adds up" in page and "DOES NOT ADD UP" not in page
+    assert "T = 1.7" in page and "Operating threshold 0.42" in page
 
 
 def test_empty_inputs_say_so_in_every_section():

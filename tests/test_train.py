@@ -119,6 +119,50 @@ def test_early_stopping_and_best_weights(tmp_path) -> None:
     assert {"train_loss", "val_loss", "val_balanced_accuracy", "val_auroc", "lr"} <= set(records[0])
 
 
+def test_class_weight_policy_switches_on_beyond_the_ratio() -> None:
+    labels = np.repeat([0, 1, 2], [30, 25, 21])  # 30 / 21 = 1.43 <= 1.5
+    auto = tr.TrainConfig(class_weights="auto", imbalance_ratio=1.5)
+    assert tr.loss_class_weights(labels, 3, auto) is None
+    assert tr.loss_class_weights(labels, 3, tr.TrainConfig(class_weights=True)) is not None
+    skewed = np.repeat([0, 1, 2], [48, 10, 2])
+    w = tr.loss_class_weights(skewed, 3, auto)
+    # balanced: n / (K * count), so every class carries the same total weight
+    np.testing.assert_allclose(w.numpy() * np.bincount(skewed), 60 / 3, rtol=1e-6)
+    assert tr.loss_class_weights(skewed, 3, tr.TrainConfig(class_weights=False)) is None
+    with pytest.raises(ValueError, match="train.class_weights"):
+        tr.TrainConfig(class_weights="yes")
+
+
+def _faint_squares(counts: list[int], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Noisy gray images where a faint square (15 grey levels over noise of 0-100) gives the class."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(3), counts)
+    x = rng.integers(0, 100, (len(labels), 16, 16, 1)).astype(np.uint8)
+    for i, y in enumerate(labels):
+        r, c = [(0, 0), (0, 8), (8, 0)][y]
+        x[i, r : r + 8, c : c + 8] += 15
+    return x, labels
+
+
+def test_imbalanced_training_still_predicts_the_rare_class(tmp_path) -> None:
+    """24:5:1 train set: with the default class_weights=auto the rarest class is recalled on a
+    balanced held-out set and balanced accuracy is well above chance (1/3); unweighted, the
+    network predicts the rare class less often."""
+    x, y = _faint_squares([120, 25, 5], seed=0)
+    x_test, y_test = _faint_squares([20, 20, 20], seed=1)
+    norm = _normalizer(tmp_path, x)
+    recall, balanced = {}, {}
+    for setting in ("auto", False):
+        torch.manual_seed(0)
+        model = build_model("small_cnn", 1, 3, width=4, dropout=0.0)
+        config = tr.TrainConfig(epochs=8, batch_size=16, seed=0, class_weights=setting)
+        pred = predict_proba(tr.fit_model(model, x, y, norm, config), x_test, norm).argmax(1)
+        recall[setting] = (pred[y_test == 2] == 2).mean()
+        balanced[setting] = np.mean([(pred[y_test == c] == c).mean() for c in range(3)])
+    assert recall["auto"] > 0 and balanced["auto"] > 0.6
+    assert recall["auto"] > recall[False]
+
+
 def test_warmup_then_cosine() -> None:
     f = [tr.warmup_cosine(s, 10, 100) for s in range(100)]
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
@@ -264,7 +308,10 @@ def test_train_then_evaluate_stages_on_tiny_data(tmp_path) -> None:
     assert evaluate_stage.main(args) == 0
     test = json.loads((tmp_path / "metrics/test.json").read_text())
     keys = ["accuracy", "balanced_accuracy", "macro_f1", "auroc", "pr_auc", "cohen_kappa", "mcc", "ece"]
-    assert set(test) == {*keys, "per_class", "patient_level"}
+    assert set(test) == {*keys, "per_class", "patient_level", "calibration"}
+    calibration = test["calibration"]
+    assert calibration["fitted_on"] == "val" and calibration["n_val"] == 12
+    assert calibration["temperature"] > 0 and calibration["ece_after"] == pytest.approx(test["ece"]["value"])
     assert set(test["patient_level"]) == set(keys) and set(test["per_class"]) == set(CLASSES)
     assert set(test["accuracy"]) == {"value", "ci_low", "ci_high"}
     preds = pd.read_csv(tmp_path / "reports/predictions.csv")
@@ -294,3 +341,70 @@ def test_train_stage_under_torchrun_with_two_gloo_processes(tmp_path) -> None:
     metrics = json.loads((tmp_path / "metrics/train.json").read_text())
     assert metrics["world_size"] == 2 and metrics["n_train"] == 48 and metrics["n_val"] == 12
     assert Checkpoint.load(tmp_path / "models/model.pt").classes == CLASSES
+
+
+def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_linear_probe_trains_the_classifier_only(tmp_path) -> None:
+    x, y = _images(24)
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 1, 3, width=4, dropout=0.0)
+    before = _snapshot(model)
+    config = tr.TrainConfig(epochs=2, batch_size=8, finetune="linear_probe")
+    after = _snapshot(tr.fit_model(model, x, y, _normalizer(tmp_path, x), config, val_images=x, val_labels=y))
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    # weights, BatchNorm affine parameters and running statistics of the backbone are all kept
+    assert changed == {"classifier.weight", "classifier.bias"}
+
+
+def test_freeze_then_unfreeze_and_backbone_learning_rate(tmp_path) -> None:
+    x, y = _images(24)
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 1, 3, width=4, dropout=0.0)
+    config = tr.TrainConfig(
+        epochs=3, batch_size=8, finetune="freeze_then_unfreeze", freeze_epochs=2, backbone_lr_scale=0.1,
+        warmup_epochs=0,
+    )  # fmt: skip
+    groups = tr.param_groups(model, config)
+    head = tr.head_parameters(model)
+    assert {g["lr"] for g in groups if id(g["params"][0]) in head} == {config.lr}
+    assert [g["lr"] for g in groups if id(g["params"][0]) not in head] == pytest.approx([config.lr * 0.1] * 2)
+    snapshots = []
+    tr.fit_model(
+        model, x, y, _normalizer(tmp_path, x), config, val_images=x, val_labels=y,
+        on_epoch_end=lambda r: snapshots.append(_snapshot(model)),
+    )  # fmt: skip
+    conv = "features.0.0.weight"
+    assert torch.equal(snapshots[0][conv], snapshots[1][conv])  # frozen for 2 epochs
+    assert not torch.equal(snapshots[1][conv], snapshots[2][conv])  # then trained
+    assert not torch.equal(snapshots[0]["classifier.weight"], snapshots[1]["classifier.weight"])
+
+
+def test_timm_backbone_with_pretrained_statistics_through_train_and_evaluate(tmp_path) -> None:
+    """A timm arch, a local "pretrained" file, the backbone's statistics and a frozen start, through
+    the train and evaluate stages: evaluate predicts with the checkpoint's (pretrained) normalizer."""
+    import timm
+
+    from stages import evaluate as evaluate_stage
+    from stages import train as train_stage
+
+    torch.manual_seed(1)
+    weights = tmp_path / "test_resnet.pth"
+    torch.save(timm.create_model("test_resnet", pretrained=False).state_dict(), weights)
+    processed = _processed_dir(tmp_path)
+    params = _params(tmp_path, finetune="freeze_then_unfreeze", freeze_epochs=1, backbone_lr_scale=0.1)
+    raw = yaml.safe_load(params.read_text())
+    raw["model"].update(arch="test_resnet", weights_path=str(weights), input_stats="pretrained")
+    params.write_text(yaml.safe_dump(raw))
+    assert train_stage.main(_train_args(tmp_path, params, processed, tmp_path / "none.parquet")) == 0
+    ckpt = Checkpoint.load(tmp_path / "models/model.pt")
+    assert ckpt.spec.arch == "test_resnet" and ckpt.normalizer.fitted_on == "pretrained:test_resnet"
+    args = [
+        "--params", str(params), "--processed", str(processed), "--model", str(tmp_path / "models/model.pt"),
+        "--metrics", str(tmp_path / "metrics/test.json"), "--plots", str(tmp_path / "plots"),
+        "--predictions", str(tmp_path / "reports/predictions.csv"),
+    ]  # fmt: skip
+    assert evaluate_stage.main(args) == 0
+    assert json.loads((tmp_path / "metrics/test.json").read_text())["accuracy"]["value"] is not None
