@@ -188,15 +188,7 @@ def fit_model(
     shuffle_gen = torch.Generator().manual_seed(config.seed)
     mix_gen = torch.Generator().manual_seed(config.seed + 1_000_003 * (rank + 1))
 
-    model = model.to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    net = model
-    if distributed:
-        # DDP broadcasts rank 0's weights at construction, so all ranks start identical.
-        model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
+    net, model = _place(model, device, distributed)  # net: the plain module; model: maybe DDP-wrapped
     train_set = (
         dataset if dataset is not None else AugmentedDataset(train_images, train_labels, None, config.seed)
     )
@@ -216,16 +208,9 @@ def fit_model(
             loader.sampler.set_epoch(epoch)  # reshuffles (DDP) and sets per-sample augmentation seeds
             frozen = freeze.apply(epoch)  # a frozen backbone gets no gradient and keeps its BN statistics
             train_loss = train_one_epoch(
-                model,
-                loader,
-                step,
-                normalizer,
-                config,
-                weights,
-                mix_gen,
-                distributed,
+                model, loader, step, normalizer, config, weights, mix_gen, distributed,
                 frozen=freeze if frozen else None,
-            )
+            )  # fmt: skip
             record: dict[str, float] = {"epoch": epoch, "train_loss": train_loss, "lr": step.lr}
             is_last = epoch == config.epochs - 1
             if config.recompute_bn and not frozen and train_images is not None and (has_val or is_last):
@@ -236,14 +221,8 @@ def fit_model(
             # ---- validation on the full, unpadded validation set
             if has_val:
                 probs = predict_proba(
-                    net,
-                    val_images,
-                    normalizer,
-                    device,
-                    config.eval_batch_size,
-                    shard=distributed,
-                    amp=config.amp,
-                )
+                    net, val_images, normalizer, device, config.eval_batch_size, shard=distributed, amp=config.amp
+                )  # fmt: skip
                 record.update(validation_metrics(np.asarray(val_labels, dtype=np.int64), probs))
             record["seconds"] = time.perf_counter() - t0
             log.info("epoch %d/%d %s", epoch + 1, config.epochs, _format_record(record))
@@ -256,17 +235,32 @@ def fit_model(
             if stopping.update(record, net) and on_best is not None:
                 on_best(record, stopping.best_state)
             if stopping.should_stop:
-                log.info(
-                    "early stop after epoch %d: no %s improvement for %d epochs",
-                    epoch + 1,
-                    config.monitor,
-                    config.patience,
-                )
+                log.info("early stop after epoch %d: no %s improvement for %d epochs", epoch + 1, config.monitor,
+                         config.patience)  # fmt: skip
                 break
 
     if stopping.best_state is not None:
         net.load_state_dict(stopping.best_state)
     return net.eval()
+
+
+def _place(model: nn.Module, device: torch.device, distributed: bool) -> tuple[nn.Module, nn.Module]:
+    """Move ``model`` to ``device`` (channels_last on CUDA); under DDP also wrap it.
+
+    Returns:
+        ``(net, model)``: the plain module (for validation, BatchNorm statistics, the kept weights)
+        and what the training step calls (the DDP wrapper, or ``net`` itself).
+    """
+    net = model.to(device)
+    if device.type == "cuda":
+        net = net.to(memory_format=torch.channels_last)
+    if not distributed:
+        return net, net
+    # DDP broadcasts rank 0's weights at construction, so all ranks start identical.
+    ddp = nn.parallel.DistributedDataParallel(
+        net, device_ids=[device.index] if device.type == "cuda" else None
+    )
+    return net, ddp
 
 
 def _checked_labels(labels: np.ndarray, n_classes: int) -> np.ndarray:
