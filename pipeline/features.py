@@ -210,23 +210,69 @@ def compute_features(
     out: dict = {"pixel_sha256": pixel_sha256(pixels)}
 
     small = _downscale(pixels, WORK_PX)  # the only other full-resolution operation
-    n_channels = 3 if small.ndim == 3 else 1
-    if n_channels == 3:
-        # per-channel planes (numpy reductions over a length-3 last axis are slow)
-        r, g, b = (c.astype(np.float32) / full_scale for c in cv2.split(small))
-        spread = cv2.max(cv2.max(r, g), b) - cv2.min(cv2.min(r, g), b)
-        channel_diff = float(spread.mean())
-        rg, yb = r - g, 0.5 * (r + g) - b
-        (m_rg, s_rg), (m_yb, s_yb) = _mean_std(rg), _mean_std(yb)  # (aligned: see _mean_std)
-        colorfulness = float(np.hypot(s_rg, s_yb) + 0.3 * np.hypot(m_rg, m_yb))
-        gray_raw = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
-    else:
-        channel_diff, colorfulness = 0.0, 0.0
-        gray_raw = np.ascontiguousarray(small)
+    n_channels, channel_diff, colorfulness, gray_raw = _colour(small, full_scale)
     gray = np.divide(gray_raw, np.float32(full_scale), dtype=np.float32)
+    hist_stats, cdf, q_raw = _intensity(gray_raw, full_scale, bit_depth)
+    blur = _blur(gray, gray_raw, hist_stats["std"], full_scale)
+    # column order of features.parquet: intensity, structure_snr, storage, blur, colour
+    storage = {k: hist_stats.pop(k) for k in ("stored_bits", "full_scale")}
+    out.update(
+        **hist_stats,
+        structure_snr=blur.pop("structure_snr"),
+        **storage,
+        **blur,
+        n_channels=n_channels,
+        is_gray_rgb=bool(n_channels == 3 and channel_diff < _GRAY_RGB_TOL),
+        channel_diff=channel_diff,
+        colorfulness=colorfulness,
+    )
 
-    # one histogram of the integer gray values gives every percentile, the mean and std, the
-    # entropy and the flatness (exact sums, no pass over the pixels)
+    # dedup: imagededup hashes on a uint8 gray image, and a normalized thumbnail
+    if gray_raw.dtype == np.uint8:
+        gray8 = gray_raw
+    else:
+        gray8 = _stretch_lut(gray_raw, *_hist_percentiles(cdf, (0.5, 99.5)), int(q_raw[6]))
+    out.update(perceptual_hashes(gray8, hashes))
+    thumb = cv2.resize(  # stretched from the 1st to the 99th percentile
+        _stretch_lut(gray_raw, q_raw[1], q_raw[5], int(q_raw[6])),
+        (thumb_size, thumb_size),
+        interpolation=cv2.INTER_AREA,
+    )
+    out["thumb"] = thumb.tobytes()
+    out["thumb_size"] = int(thumb_size)
+    return out
+
+
+def _colour(small: np.ndarray, full_scale: float) -> tuple[int, float, float, np.ndarray]:
+    """``(n_channels, channel_diff, colorfulness, gray_raw)`` of the working copy.
+
+    channel_diff: mean max-min spread of the three channels (0 for gray); colorfulness: Hasler and
+    Suesstrunk's measure on [0, 1] intensities; gray_raw: the integer gray image (ITU-R 601 luma).
+    """
+    if small.ndim != 3:
+        return 1, 0.0, 0.0, np.ascontiguousarray(small)
+    # per-channel planes (numpy reductions over a length-3 last axis are slow)
+    r, g, b = (c.astype(np.float32) / full_scale for c in cv2.split(small))
+    spread = cv2.max(cv2.max(r, g), b) - cv2.min(cv2.min(r, g), b)
+    channel_diff = float(spread.mean())
+    rg, yb = r - g, 0.5 * (r + g) - b
+    (m_rg, s_rg), (m_yb, s_yb) = _mean_std(rg), _mean_std(yb)  # (aligned: see _mean_std)
+    colorfulness = float(np.hypot(s_rg, s_yb) + 0.3 * np.hypot(m_rg, m_yb))
+    return 3, channel_diff, colorfulness, cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
+
+
+def _intensity(
+    gray_raw: np.ndarray, full_scale: float, bit_depth: int
+) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Intensity statistics from one histogram of the integer gray values.
+
+    The histogram gives every percentile, the mean and std, the entropy and the flatness (exact
+    sums, no pass over the pixels).
+
+    Returns:
+        ``(stats, cdf, q_raw)``: the feature columns, the cumulative histogram and the raw
+        0/1/5/50/95/99/100th percentiles (for the hashes' and thumbnail's stretch).
+    """
     n_levels = 256 if gray_raw.dtype == np.uint8 else 65536
     hist = cv2.calcHist([gray_raw], [0], None, [n_levels], [0, n_levels]).ravel().astype(np.int64)
     cdf = np.cumsum(hist)
@@ -239,7 +285,6 @@ def compute_features(
     values = np.arange(raw_min, raw_max + 1, dtype=np.float64)
     mean_raw = float((used * values).sum()) / n_px  # (not BLAS dot: threaded above 10k levels)
     std = math.sqrt(float((used * np.square(values - mean_raw)).sum()) / n_px) / full_scale
-    mean = mean_raw / full_scale
     denom = min(p95 + p05, 2.0 - p95 - p05)
     stored_bits = 8 if bit_depth == 8 else next(b for b in (8, 10, 12, 14, 16) if raw_max < 2**b)
     # 256 bins over the stored range: entropy / flatness do not depend on 12-in-16-bit storage
@@ -251,7 +296,29 @@ def compute_features(
         (cdf[min(med + flat_tol, n_levels - 1)] - (cdf[med - flat_tol - 1] if med - flat_tol > 0 else 0))
         / n_px
     )
-    # blur at three scales, so quality can compare images at the dataset's typical size
+    stats = dict(
+        mean=mean_raw / full_scale,
+        median=float(q[3]),
+        min=float(q[0]),
+        max=float(q[6]),
+        p01=float(q[1]),
+        p05=p05,
+        p95=p95,
+        p99=float(q[5]),
+        std=std,
+        contrast=p95 - p05,
+        michelson=float((p95 - p05) / denom) if denom > 0 else 0.0,
+        entropy=_entropy(binned) / 8.0,
+        flat_fraction=flat_fraction,
+        stored_bits=stored_bits,
+        full_scale=full_scale,
+    )
+    return stats, cdf, q_raw
+
+
+def _blur(gray: np.ndarray, gray_raw: np.ndarray, std: float, full_scale: float) -> dict[str, float]:
+    """Blur at three scales (so quality can compare images at the dataset's typical size), the
+    Laplacian variance of the working copy, and the structure-to-noise ratio."""
     sharp: dict[str, float] = {}
     laplacian_var = 0.0
     level, lvl_std = gray, std  # the working copy is the first level
@@ -276,46 +343,7 @@ def compute_features(
             smooth = cv2.GaussianBlur(level, (0, 0), 1.0)
             residual = _mean_std(cv2.subtract(level, smooth))[1]
             structure_snr = float(_mean_std(smooth)[1] / np.hypot(residual, quant))
-
-    out.update(
-        mean=mean,
-        median=float(q[3]),
-        min=float(q[0]),
-        max=float(q[6]),
-        p01=float(q[1]),
-        p05=p05,
-        p95=p95,
-        p99=float(q[5]),
-        std=std,
-        contrast=p95 - p05,
-        michelson=float((p95 - p05) / denom) if denom > 0 else 0.0,
-        entropy=_entropy(binned) / 8.0,
-        flat_fraction=flat_fraction,
-        structure_snr=structure_snr,
-        stored_bits=stored_bits,
-        full_scale=full_scale,
-        laplacian_var=laplacian_var,
-        **sharp,
-        n_channels=n_channels,
-        is_gray_rgb=bool(n_channels == 3 and channel_diff < _GRAY_RGB_TOL),
-        channel_diff=channel_diff,
-        colorfulness=colorfulness,
-    )
-
-    # dedup: imagededup hashes on a uint8 gray image, and a normalized thumbnail
-    if gray_raw.dtype == np.uint8:
-        gray8 = gray_raw
-    else:
-        gray8 = _stretch_lut(gray_raw, *_hist_percentiles(cdf, (0.5, 99.5)), raw_max)
-    out.update(perceptual_hashes(gray8, hashes))
-    thumb = cv2.resize(  # stretched from the 1st to the 99th percentile
-        _stretch_lut(gray_raw, q_raw[1], q_raw[5], raw_max),
-        (thumb_size, thumb_size),
-        interpolation=cv2.INTER_AREA,
-    )
-    out["thumb"] = thumb.tobytes()
-    out["thumb_size"] = int(thumb_size)
-    return out
+    return {"structure_snr": structure_snr, "laplacian_var": laplacian_var, **sharp}
 
 
 def decode_thumb(thumb: bytes, thumb_size: int) -> np.ndarray:
