@@ -48,3 +48,14 @@ def tiny_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     truth = generate_demo(root, TINY_DEMO, TINY_DEMO_SEED)
     assert json.loads((root / "truth.json").read_text(encoding="utf-8")) == truth
     return root, truth
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models: one intra-op thread is faster than two fighting over a shared CPU."""
+    import torch  # only the training tests pay for the import
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -44,13 +44,7 @@ def _images(n: int, size: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarr
     return x, labels
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is faster than two fighting over a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _write_normalizer(x: np.ndarray, path: Path) -> None:
@@ -271,6 +265,14 @@ def _policy(tmp_path: Path) -> Path:
     return path
 
 
+def _evaluate_args(tmp_path: Path, params: Path, processed: Path) -> list[str]:
+    return [
+        "--params", str(params), "--processed", str(processed), "--model", str(tmp_path / "models/model.pt"),
+        "--metrics", str(tmp_path / "metrics/test.json"), "--plots", str(tmp_path / "plots"),
+        "--predictions", str(tmp_path / "reports/predictions.csv"),
+    ]  # fmt: skip
+
+
 def _train_args(tmp_path: Path, params: Path, processed: Path, issues: Path) -> list[str]:
     return [
         "--params", str(params), "--processed", str(processed), "--policy", str(_policy(tmp_path)),
@@ -300,12 +302,7 @@ def test_train_then_evaluate_stages_on_tiny_data(tmp_path) -> None:
         assert list(curve.columns[:2]) == ["step", name] and len(curve) == train_metrics["epochs_run"]
     assert not (tmp_path / "dvc.yaml").exists() and not (tmp_path / "dvclive/dvc.yaml").exists()
 
-    args = [
-        "--params", str(params), "--processed", str(processed), "--model", str(tmp_path / "models/model.pt"),
-        "--metrics", str(tmp_path / "metrics/test.json"), "--plots", str(tmp_path / "plots"),
-        "--predictions", str(tmp_path / "reports/predictions.csv"),
-    ]  # fmt: skip
-    assert evaluate_stage.main(args) == 0
+    assert evaluate_stage.main(_evaluate_args(tmp_path, params, processed)) == 0
     test = json.loads((tmp_path / "metrics/test.json").read_text())
     keys = ["accuracy", "balanced_accuracy", "macro_f1", "auroc", "pr_auc", "cohen_kappa", "mcc", "ece"]
     assert set(test) == {*keys, "per_class", "patient_level", "calibration"}
@@ -401,10 +398,5 @@ def test_timm_backbone_with_pretrained_statistics_through_train_and_evaluate(tmp
     assert train_stage.main(_train_args(tmp_path, params, processed, tmp_path / "none.parquet")) == 0
     ckpt = Checkpoint.load(tmp_path / "models/model.pt")
     assert ckpt.spec.arch == "test_resnet" and ckpt.normalizer.fitted_on == "pretrained:test_resnet"
-    args = [
-        "--params", str(params), "--processed", str(processed), "--model", str(tmp_path / "models/model.pt"),
-        "--metrics", str(tmp_path / "metrics/test.json"), "--plots", str(tmp_path / "plots"),
-        "--predictions", str(tmp_path / "reports/predictions.csv"),
-    ]  # fmt: skip
-    assert evaluate_stage.main(args) == 0
+    assert evaluate_stage.main(_evaluate_args(tmp_path, params, processed)) == 0
     assert json.loads((tmp_path / "metrics/test.json").read_text())["accuracy"]["value"] is not None

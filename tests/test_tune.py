@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 import yaml
 from test_train import _params, _processed_dir, _train_args
 
@@ -18,13 +17,7 @@ from pipeline.tune import with_tuned
 from stages import train as train_stage
 from stages import tune as tune_stage
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _tune_params(tmp_path: Path, n_trials: int, **train) -> Path:
