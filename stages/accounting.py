@@ -6,7 +6,8 @@ the same check earlier (without label issues) and keeps its own summary in metri
 this stage is the one writer of metrics/accounting.json.
 
 Reads:  ``--manifest``, ``--quality``, ``--duplicates``, ``--curated``, ``--splits``,
-        ``--label-issues`` (data/interim/*.parquet); ``data.truth`` (truth.json) when set and present.
+        ``--label-issues``, ``--outliers`` (data/interim/*.parquet), ``--shortcuts``
+        (metrics/shortcuts.json); ``data.truth`` (truth.json) when set and present.
 Writes: ``--out`` (data/interim/final_states.parquet: image_id, path, final_state, reason),
         ``--metrics`` (metrics/accounting.json: n_files, n_rejected, n_rejected_by_reason,
         n_excluded {reason: n}, n_train, n_val, n_test), ``--truth-metrics``
@@ -41,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         "--curated",
         "--splits",
         "--label-issues",
+        "--outliers",
+        "--shortcuts",
         "--out",
         "--metrics",
         "--truth-metrics",
@@ -66,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
 
         truth_metrics = score_against_truth(
             read_json(truth_path), manifest, pd.read_parquet(args.quality),
-            pd.read_parquet(args.duplicates), curated, label_issues,
+            pd.read_parquet(args.duplicates), curated, label_issues, pd.read_parquet(args.outliers),
+            read_json(args.shortcuts),
         )  # fmt: skip
     else:
         truth_metrics = {"available": False}
