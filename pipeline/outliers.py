@@ -4,12 +4,12 @@ Two measures, both computed from the 32x32 intensity-normalized thumbnails that 
 stored in features.parquet (no image is decoded again), both relative to the dataset at hand:
 
 * **Atypicality** (another view, modality or body part, a photo, a document, ...). Each thumbnail
-  becomes a vector (a 16x16 copy, its row and column profiles, its histogram, plus the colour
-  measures of features.parquet), standardized; a probabilistic PCA (Tipping & Bishop 1999,
+  becomes a vector (a 16x16 copy and its row and column profiles, plus the colour measures of
+  features.parquet), standardized; a probabilistic PCA (Tipping & Bishop 1999,
   ``sklearn.decomposition.PCA.score_samples``) fitted on the dataset gives each image a
   log-likelihood, i.e. a Mahalanobis distance inside the main components plus the residual
-  outside them. The fit is repeated once without the images the first fit found atypical, so a
-  cluster of outliers does not become "normal". The negative log-likelihood is turned into a
+  outside them (its square root is used). The fit is repeated once without the images the first fit found atypical, so a
+  cluster of outliers does not become "normal". The distance is turned into a
   one-sided robust z-score over the dataset (as in ``pipeline.quality``) and into a score in
   [0, 1]: ``0.1 ** (max(0, z) / robust_z)``, so an image ``robust_z`` robust SDs beyond the
   median scores 0.1.
@@ -182,15 +182,11 @@ def pixel_features(thumbs: np.ndarray) -> np.ndarray:
 
 
 def atypicality_features(thumbs: np.ndarray, colour: np.ndarray) -> np.ndarray:
-    """:func:`pixel_features` + an 8-bin intensity histogram + colour measures (N, F)."""
-    n = thumbs.shape[0]
-    hist = np.stack([np.bincount(t.ravel() >> 5, minlength=8) for t in thumbs]) / thumbs[0].size if n else None
-    if hist is None:
+    """:func:`pixel_features` + the colour measures (N, F). No intensity histogram: exposure is
+    quality's concern, and a burnt-out but otherwise ordinary film must not look foreign."""
+    if thumbs.shape[0] == 0:
         return np.zeros((0, 0), np.float32)
-    return np.concatenate([pixel_features(thumbs), hist.astype(np.float32), colour.astype(np.float32)], axis=1)
-
-
-# -------------------------------------------------------------------------------- atypicality
+    return np.concatenate([pixel_features(thumbs), colour.astype(np.float32)], axis=1)
 
 
 class Atypicality:
@@ -217,8 +213,12 @@ class Atypicality:
         self.scale = max(float(np.median(np.abs(nll - self.median)) * 1.4826), _MIN_ROBUST_SCALE)
 
     def _nll(self, x: np.ndarray) -> np.ndarray:
+        """The Mahalanobis distance under the PPCA model, sqrt(-2 log-likelihood + const): its
+        square is roughly chi-square, the root roughly normal, so robust z-scores are not ruled by
+        a heavy right tail."""
         assert self.scaler is not None and self.pca is not None
-        return -self.pca.score_samples(self.scaler.transform(x))
+        d = self.scaler.transform(x) - self.pca.mean_
+        return np.sqrt(np.einsum("ij,jk,ik->i", d, self.pca.get_precision(), d))
 
     def fit(self, x: np.ndarray) -> Atypicality:
         """Fit, then refit on the images the first fit does not call atypical."""

@@ -232,7 +232,7 @@ class OutliersParams(Section):
         default=2000, description="Most images the self-supervised orientation model learns from."
     )
     min_orientation_accuracy: Annotated[float, Field(ge=0.5, le=1.0)] = Field(
-        default=0.98,
+        default=0.95,
         description="Judge a rotation/mirror/inversion only if the model tells it from upright this often.",
     )
     n_gallery: PositiveInt = 24
