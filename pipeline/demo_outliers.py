@@ -45,7 +45,14 @@ def _texture(rng: np.random.Generator, h: int, w: int, cell: int) -> np.ndarray:
 
 
 def _finish(b: np.ndarray, rng: np.random.Generator, noise: float = 3.0) -> np.ndarray:
-    """Exposure, a slight blur and noise, as :func:`pipeline.demo.render_radiograph` does."""
+    """Coarse overlying density and a heel-effect gradient unique to the acquisition (so two of
+    these images are never near duplicates of each other), exposure, a slight blur and noise, as
+    :func:`pipeline.demo.render_radiograph` does."""
+    h, w = b.shape
+    b = b + 0.08 * _texture(rng, h, w, max(2, min(h, w) // 5)) * (b > 0.08)
+    gx, gy = _grid(h, w, rng, jitter=0.0)
+    angle = rng.uniform(0, 2 * np.pi)
+    b = b * (1.0 + rng.uniform(0.08, 0.25) * (np.cos(angle) * gx + np.sin(angle) * gy))
     img = 255.0 * (rng.uniform(-0.03, 0.05) + rng.uniform(0.85, 1.15) * np.clip(b, 0, 1))
     img = cv2.GaussianBlur(img.astype(np.float32), (0, 0), 0.5 * min(b.shape) / 128)
     img += rng.normal(0.0, noise, img.shape)
@@ -55,9 +62,12 @@ def _finish(b: np.ndarray, rng: np.random.Generator, noise: float = 3.0) -> np.n
 def render_lateral(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
     """A lateral chest view: the X-rays cross the whole chest, so the field is brighter; one lung
     field behind the heart, the spine at the back, the sternum in front, the raised arms above."""
-    gx, gy = _grid(h, w, rng)
-    body = _sig(1.0 - (gx / 0.95) ** 2 - ((gy - 0.1) / 1.4) ** 2, 0.05)
-    lung = _sig(1.0 - ((gx - 0.12) / 0.42) ** 2 - ((gy + 0.0) / 0.55) ** 2, 0.05)
+    gx, gy = _grid(h, w, rng, jitter=0.08)
+    sc = rng.uniform(0.85, 1.12)
+    gx, gy = gx / sc, gy / sc
+    lw, lh, ly = rng.uniform(0.34, 0.5), rng.uniform(0.45, 0.65), rng.uniform(-0.12, 0.08)
+    body = _sig(1.0 - (gx / rng.uniform(0.85, 1.05)) ** 2 - ((gy - 0.1) / 1.4) ** 2, 0.05)
+    lung = _sig(1.0 - ((gx - 0.12) / lw) ** 2 - ((gy - ly) / lh) ** 2, 0.05)
     lung *= _sig(0.4 + 0.35 * gx - gy, 0.05)  # the diaphragm slopes down towards the back
     heart = _sig(1.0 - ((gx + 0.3) / 0.32) ** 2 - ((gy - 0.3) / 0.3) ** 2, 0.05)
     vertebrae = 0.75 + 0.25 * np.cos(2 * np.pi * gy / 0.14)
@@ -72,12 +82,13 @@ def render_lateral(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
 
 def render_ct_slice(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
     """An axial CT-like chest slice: round body on black air, two lungs, a vertebra, the table."""
-    gx, gy = _grid(h, w, rng, jitter=0.02)
-    a, c = rng.uniform(0.75, 0.88), rng.uniform(0.55, 0.65)
+    gx, gy = _grid(h, w, rng, jitter=0.08)
+    a, c = rng.uniform(0.65, 0.92), rng.uniform(0.45, 0.7)
     body = _sig(1.0 - (gx / a) ** 2 - (gy / c) ** 2, 0.02)
     fat = body * (1.0 - _sig(1.0 - (gx / (a - 0.07)) ** 2 - (gy / (c - 0.07)) ** 2, 0.02))
+    lx, lw, lh = rng.uniform(0.28, 0.42), rng.uniform(0.18, 0.3), rng.uniform(0.25, 0.42)
     lungs = sum(
-        _sig(1.0 - ((gx - sx * 0.36) / 0.27) ** 2 - ((gy + 0.02) / 0.38) ** 2, 0.02) for sx in (-1.0, 1.0)
+        _sig(1.0 - ((gx - sx * lx) / lw) ** 2 - ((gy + 0.02) / lh) ** 2, 0.02) for sx in (-1.0, 1.0)
     )
     heart = _sig(1.0 - ((gx + 0.08) / 0.24) ** 2 - ((gy + 0.12) / 0.2) ** 2, 0.02)
     vertebra = _sig(1.0 - (gx / 0.1) ** 2 - ((gy - 0.38) / 0.1) ** 2, 0.015)
