@@ -107,3 +107,49 @@ def test_candidates_include_table_dicom_and_acquisition_columns():
     assert source["site"] == "labels table" and source["dicom_Manufacturer"] == "DICOM"
     assert source["file_size"] == "acquisition" and table["aspect_ratio"].tolist() == [1.0, 2.0]
     assert table["channel_mode"].tolist() == ["gray", "rgb"]
+
+
+def _stage_inputs(tmp_path, one_class: bool):
+    from test_label_issues import _write_processed, separable_set
+
+    imgs, index, _, _ = separable_set(n_groups=30)
+    if one_class:
+        index = index.assign(label_index=0)
+    proc = _write_processed(tmp_path, imgs, index)
+    n = len(index)
+    manifest = pd.DataFrame(
+        {
+            "image_id": index["image_id"], "path": index["image_id"], "label": "x", "patient_id": index["group_id"],
+            "sha256": "", "width": 32, "height": 32, "channels": 1, "bit_depth": 8, "format": "png",
+            "status": "ok", "reason": "",
+        }
+    )  # fmt: skip
+    manifest.to_parquet(tmp_path / "manifest.parquet")
+    pd.DataFrame(
+        {"image_id": index["image_id"], "mean": np.linspace(0, 1, n), "std": 0.1, "p05": 0.1, "p95": 0.9,
+         "n_channels": 1, "is_gray_rgb": False}
+    ).to_parquet(tmp_path / "features.parquet")  # fmt: skip
+    (tmp_path / "params.yaml").write_text("data: {root: nowhere}\nlabel_issues: {n_folds: 3}\n", encoding="utf-8")
+    return [
+        "--params", str(tmp_path / "params.yaml"), "--processed", str(proc), "--manifest",
+        str(tmp_path / "manifest.parquet"), "--features", str(tmp_path / "features.parquet"), "--metrics",
+        str(tmp_path / "m.json"), "--csv", str(tmp_path / "s.csv"), "--sheets", str(tmp_path / "sheets"),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("one_class", [False, True])
+def test_stage_notes_messy_tables_instead_of_failing(tmp_path, one_class):
+    import json
+
+    from stages.shortcuts import main
+
+    assert main(_stage_inputs(tmp_path, one_class)) == 0
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    notes = " ".join(metrics["notes"])
+    if one_class:
+        assert "nothing can predict the label" in notes and metrics["attributes"] == []
+    else:
+        assert "no columns besides image_path, label and patient_id" in notes
+        names = {r["attribute"] for r in metrics["attributes"]}
+        assert {"width", "file_size", "intensity_mean", sc.BORDER_ATTRIBUTE} <= names
+    assert (tmp_path / "s.csv").is_file()
