@@ -112,7 +112,9 @@ def curate(
         reason = reason.mask(flags.any(axis=1), ["low_quality:" + x for x in low])
     if "outlier" in params.exclude_issues:
         if outliers is None or flag_col("outlier") not in outliers.columns:
-            raise ValueError("curate.exclude_issues lists 'outlier' but no outliers table with is_outlier_issue was given")
+            raise ValueError(
+                "curate.exclude_issues lists 'outlier' but no outliers table with is_outlier_issue was given"
+            )
         o = outliers.set_index("image_id").reindex(ok["image_id"])
         is_out = o[flag_col("outlier")].fillna(False).astype(bool).to_numpy()
         kinds = "outlier:" + o["outlier_kind"].fillna("").astype(str).replace("", "atypical")

@@ -88,9 +88,9 @@ LABELS_COLUMNS = ["image_path", "label", "patient_id", "site", "sex", "age"]
 SITES = ("site_a", "site_b", "site_c")
 MARKED_SITE = "site_c"
 """The site whose films are larger and carry a corner marker, and that sees mostly one class."""
-SHORTCUT_ATTRIBUTES = ("site", "width", "height", "border_only")
+SHORTCUT_ATTRIBUTES = ("site", "width", "height", "file_size", "border_only")
 """What the shortcut audit must flag on the demo: the site column, the marked site's larger image
-size, and the border-only test (the corner marker)."""
+size (and so its larger files), and the border-only test (the corner marker)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -698,7 +698,9 @@ def generate_demo(out_dir: Path, params: DemoParams, seed: int) -> dict:
             if slot.subtype in RENDERERS:
                 img = RENDERERS[slot.subtype](side, side, rng)
             else:
-                img = render_radiograph(anatomies[slot.patient], sample_view(rng), slot.true_label, side, side, rng)
+                img = render_radiograph(
+                    anatomies[slot.patient], sample_view(rng), slot.true_label, side, side, rng
+                )
                 if slot.site == MARKED_SITE:
                     img = burn_marker(img)
                 img, item["transform"] = transform_radiograph(img, slot.subtype, rng)

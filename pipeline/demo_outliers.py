@@ -87,9 +87,7 @@ def render_ct_slice(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
     body = _sig(1.0 - (gx / a) ** 2 - (gy / c) ** 2, 0.02)
     fat = body * (1.0 - _sig(1.0 - (gx / (a - 0.07)) ** 2 - (gy / (c - 0.07)) ** 2, 0.02))
     lx, lw, lh = rng.uniform(0.28, 0.42), rng.uniform(0.18, 0.3), rng.uniform(0.25, 0.42)
-    lungs = sum(
-        _sig(1.0 - ((gx - sx * lx) / lw) ** 2 - ((gy + 0.02) / lh) ** 2, 0.02) for sx in (-1.0, 1.0)
-    )
+    lungs = sum(_sig(1.0 - ((gx - sx * lx) / lw) ** 2 - ((gy + 0.02) / lh) ** 2, 0.02) for sx in (-1.0, 1.0))
     heart = _sig(1.0 - ((gx + 0.08) / 0.24) ** 2 - ((gy + 0.12) / 0.2) ** 2, 0.02)
     vertebra = _sig(1.0 - (gx / 0.1) ** 2 - ((gy - 0.38) / 0.1) ** 2, 0.015)
     ring = np.hypot(gx / (a - 0.1), gy / (c - 0.1))

@@ -49,7 +49,7 @@ from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.preprocessing import StandardScaler
 
 from pipeline.contract import flag_col, score_col
-from pipeline.quality import robust_z, z_to_score
+from pipeline.quality import z_to_score
 
 log = logging.getLogger(__name__)
 
@@ -301,9 +301,11 @@ def orientation_scores(
         logp = model.predict_log_proba(x)
         for g in range(len(TRANSFORMS)):
             a, b = y == IDENTITY, y == g
-            pairwise[g] += 0.5 * (
-                (logp[a, IDENTITY] > logp[a, g]).mean() + (logp[b, g] > logp[b, IDENTITY]).mean()
-            ) / len(models)
+            pairwise[g] += (
+                0.5
+                * ((logp[a, IDENTITY] > logp[a, g]).mean() + (logp[b, g] > logp[b, IDENTITY]).mean())
+                / len(models)
+            )
     judged = pairwise >= min_accuracy
     judged[IDENTITY] = True
     post[:, ~judged] = -np.inf

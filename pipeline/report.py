@@ -458,7 +458,9 @@ def _section_subgroups(a: AuditInputs) -> str:
                 ax.set_yticks(range(len(sized)), names, fontsize=7)
                 ax.set_xlabel("balanced accuracy (95% CI)")
 
-            out.append(_img(_figure_uri(draw, (6.0, 0.35 * len(sized) + 1.0)), "balanced accuracy per subgroup"))
+            out.append(
+                _img(_figure_uri(draw, (6.0, 0.35 * len(sized) + 1.0)), "balanced accuracy per subgroup")
+            )
     return "".join(out)
 
 

@@ -106,7 +106,9 @@ def candidate_attributes(
         acquisition["file_size"] = ids.map(file_sizes).astype(float).to_numpy()
     if features is not None and len(features):
         f = features.set_index("image_id").reindex(ids)
-        mode = np.where(f["n_channels"].to_numpy() == 1, "gray", np.where(f["is_gray_rgb"], "gray_rgb", "rgb"))
+        mode = np.where(
+            f["n_channels"].to_numpy() == 1, "gray", np.where(f["is_gray_rgb"], "gray_rgb", "rgb")
+        )
         acquisition["channel_mode"] = mode
         for col in INTENSITY_COLUMNS:
             acquisition[f"intensity_{col}"] = f[col].astype(float).to_numpy()
@@ -263,7 +265,9 @@ def audit_attributes(
         codes, kind, names = encode_attribute(attributes[name].to_numpy(), n_bins)
         n_values = int(np.unique(codes).size)
         if n_values < 2:
-            rows.append({**_row(name, sources[name], kind, n_values, (chance, chance, chance), chance, min_lift)})
+            rows.append(
+                {**_row(name, sources[name], kind, n_values, (chance, chance, chance), chance, min_lift)}
+            )
             continue
         pred = predict_balanced(oof_code_proba(codes, labels, folds, n_classes), labels, n_classes)
         rng = np.random.default_rng([seed, i])

@@ -121,7 +121,11 @@ def evaluate_subgroups(
         "groups": groups,
         "worst_group": None
         if worst is None
-        else {"column": worst["column"], "group": worst["group"], "balanced_accuracy": worst["balanced_accuracy"]},
+        else {
+            "column": worst["column"],
+            "group": worst["group"],
+            "balanced_accuracy": worst["balanced_accuracy"],
+        },
         "notes": notes,
     }
 

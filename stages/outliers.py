@@ -67,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     write_parquet(table, args.out)
     write_png(make_contact_sheet(images, captions, tile_px=128, n_cols=6), args.gallery)
     write_json(metrics, args.metrics)
-    log.info("outliers: %d of %d flagged %s", metrics["n_flagged"], metrics["n_images"], metrics["flagged_by_kind"])
+    log.info(
+        "outliers: %d of %d flagged %s", metrics["n_flagged"], metrics["n_images"], metrics["flagged_by_kind"]
+    )
     return 0
 
 

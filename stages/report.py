@@ -104,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
         outliers=_table(i / "outliers.parquet"),
         outlier_gallery=_png(r / "outliers" / "gallery.png"),
         shortcut_metrics=_json(m / "shortcuts.json"),
-        shortcut_sheets={p.stem: v for p in sorted((r / "shortcuts").glob("*.png")) if (v := _png(p)) is not None},
+        shortcut_sheets={
+            p.stem: v for p in sorted((r / "shortcuts").glob("*.png")) if (v := _png(p)) is not None
+        },
         subgroups=_json(m / "subgroups.json"),
         n_gallery=params.n_gallery,
     )

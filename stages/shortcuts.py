@@ -92,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         normalizer = load_normalizer(args.processed / "normalizer.json")
         masked = [sc.mask_centre(np.asarray(data[s][0]), p.border_fraction) for s in data]
-        feats = np.concatenate([extract_features(m, lambda x: apply_normalizer(x, normalizer)) for m in masked])
+        feats = np.concatenate(
+            [extract_features(m, lambda x: apply_normalizer(x, normalizer)) for m in masked]
+        )
         border_row, border_pred = sc.border_test(
             feats, labels, groups, folds, len(classes), linear_c=li.linear_c, n_bootstrap=p.n_bootstrap,
             ci_level=p.ci_level, min_lift=p.min_lift, seed=params.seed,

@@ -186,7 +186,9 @@ def test_defective_images_are_what_they_say(tiny_demo, tiny_demo_params):
         if p not in planted
     }
     clean_paths = [p for p in labels.image_path if p not in planted]
-    assert all(im.shape == (sizes[p],) * 2 and im.dtype == np.uint8 for p, im in zip(clean_paths, clean, strict=True))
+    assert all(
+        im.shape == (sizes[p],) * 2 and im.dtype == np.uint8 for p, im in zip(clean_paths, clean, strict=True)
+    )
     clean_means = np.array([im.mean() for im in clean])
     clean_sharpness = np.array([cv2.Laplacian(im.astype(np.float32), cv2.CV_32F).var() for im in clean])
 
@@ -239,7 +241,7 @@ def test_outliers_and_the_site_shortcut_are_planted(tiny_demo, tiny_demo_params)
         im = cv2.imread(str(root / it["path"]), cv2.IMREAD_UNCHANGED)
         assert im is not None and im.dtype == np.uint8
         assert (im.ndim == 3) == (it["subtype"] == "photo")
-    assert truth["shortcuts"] == ["site", "width", "height", "border_only"]
+    assert truth["shortcuts"] == ["site", "width", "height", "file_size", "border_only"]
     # the marked site sees mostly the last class; the other sites do not
     share = (labels.label == params.classes[-1]).groupby(labels.site).mean()
     assert share[MARKED_SITE] > 0.6 > share.drop(MARKED_SITE).max()
@@ -254,4 +256,5 @@ def test_outlier_params_do_not_change_the_rest_of_the_demo(tmp_path, tiny_demo_p
     la, lb = (pd.read_csv(tmp_path / d / "labels.csv") for d in ("a", "b"))
     planted = {it["path"] for it in a["items"] if it["kind"] == "outlier"}
     la = la[~la.image_path.isin(planted)]
-    assert sorted(zip(la.patient_id, la.label, la.site)) == sorted(zip(lb.patient_id, lb.label, lb.site))
+    rows_a = sorted(zip(la.patient_id, la.label, la.site, strict=True))
+    assert rows_a == sorted(zip(lb.patient_id, lb.label, lb.site, strict=True))

@@ -11,7 +11,9 @@ from pipeline.demo import render_radiograph, sample_anatomy, sample_view
 from pipeline.demo_outliers import render_document, render_photo
 from pipeline.features import compute_features
 
-PARAMS = dict(threshold=0.1, robust_z_cut=4.0, max_orientation_images=2000, min_orientation_accuracy=0.95, seed=0)
+PARAMS = dict(
+    threshold=0.1, robust_z_cut=4.0, max_orientation_images=2000, min_orientation_accuracy=0.95, seed=0
+)
 
 
 def _row(image_id: str, pixels: np.ndarray, bit_depth: int = 8) -> dict:
@@ -30,7 +32,9 @@ def radiographs() -> list[np.ndarray]:
 
 
 def test_clean_set_has_no_outlier(radiographs):
-    table, info = ol.find_outliers(pd.DataFrame([_row(f"c{i:03d}", im) for i, im in enumerate(radiographs)]), **PARAMS)
+    table, info = ol.find_outliers(
+        pd.DataFrame([_row(f"c{i:03d}", im) for i, im in enumerate(radiographs)]), **PARAMS
+    )
     assert not table["is_outlier_issue"].any(), table.sort_values("outlier_score").head()
     assert table["outlier_score"].between(0, 1).all()
     assert info["orientation_accuracy"]["rot90"] > 0.98
@@ -40,7 +44,10 @@ def test_clean_set_has_no_outlier(radiographs):
 def test_planted_rotated_inverted_and_foreign_images_are_found(radiographs, bit_depth):
     scale = 257 if bit_depth == 16 else 1
     dtype = np.uint16 if bit_depth == 16 else np.uint8
-    rows = [_row(f"c{i:03d}", (im.astype(np.uint32) * scale).astype(dtype), bit_depth) for i, im in enumerate(radiographs)]
+    rows = [
+        _row(f"c{i:03d}", (im.astype(np.uint32) * scale).astype(dtype), bit_depth)
+        for i, im in enumerate(radiographs)
+    ]
     rng = np.random.default_rng(1)
     extra = render_radiograph(sample_anatomy(rng), sample_view(rng), "normal", 64, 64, rng)
     planted = {
@@ -53,7 +60,12 @@ def test_planted_rotated_inverted_and_foreign_images_are_found(radiographs, bit_
         rows.append(_row(name, (im.astype(np.uint32) * scale).astype(dtype), bit_depth))
     table, _ = ol.find_outliers(pd.DataFrame(rows), **PARAMS)
     flagged = table[table["is_outlier_issue"]].set_index("image_id")["outlier_kind"].to_dict()
-    assert flagged == {"x_rotated": "rotated", "x_inverted": "inverted", "x_document": "atypical", "x_photo": "atypical"}
+    assert flagged == {
+        "x_rotated": "rotated",
+        "x_inverted": "inverted",
+        "x_document": "atypical",
+        "x_photo": "atypical",
+    }
 
 
 def test_transforms_compose_and_invert():
@@ -71,6 +83,8 @@ def test_unstructured_images_are_skipped_and_tiny_sets_do_not_fail(radiographs):
     table, info = ol.find_outliers(rows, **PARAMS)
     assert len(table) == 5 and not table["is_outlier_issue"].any() and info["n_scored"] == 5
     rows = pd.DataFrame([_row(f"c{i:03d}", im) for i, im in enumerate(radiographs[:40])])
-    rows = pd.concat([rows, pd.DataFrame([_row("blank", np.full((64, 64), 120, np.uint8))])], ignore_index=True)
+    rows = pd.concat(
+        [rows, pd.DataFrame([_row("blank", np.full((64, 64), 120, np.uint8))])], ignore_index=True
+    )
     table, _ = ol.find_outliers(rows, skip=["blank"], **PARAMS)
     assert table.set_index("image_id").loc["blank", "outlier_score"] == 1.0

@@ -36,7 +36,9 @@ def test_a_column_that_copies_the_label_is_flagged_and_a_random_one_is_not(cohor
             "constant": "x",
         }
     )
-    rows, _ = sc.audit_attributes(attributes, dict.fromkeys(attributes, "labels table"), labels, groups, folds, 3, **KW)
+    rows, _ = sc.audit_attributes(
+        attributes, dict.fromkeys(attributes, "labels table"), labels, groups, folds, 3, **KW
+    )
     by = {r["attribute"]: r for r in rows}
     assert by["copy"]["is_shortcut"] and by["copy"]["score"] == 1.0
     for name in ("random_site", "random_age", "accession", "constant"):
@@ -51,7 +53,9 @@ def test_a_rare_class_that_a_site_predicts_is_flagged():
     site = np.repeat(np.where(labels[::2] == 1, rng.random(200) < 0.8, rng.random(200) < 0.05), 2)
     groups = np.repeat(np.arange(200).astype(str), 2)
     folds = make_group_folds(labels, groups, 5, 0)
-    rows, _ = sc.audit_attributes(pd.DataFrame({"site": site}), {"site": "labels table"}, labels, groups, folds, 2, **KW)
+    rows, _ = sc.audit_attributes(
+        pd.DataFrame({"site": site}), {"site": "labels table"}, labels, groups, folds, 2, **KW
+    )
     assert rows[0]["is_shortcut"] and rows[0]["score"] > 0.8
 
 
@@ -129,7 +133,9 @@ def _stage_inputs(tmp_path, one_class: bool):
         {"image_id": index["image_id"], "mean": np.linspace(0, 1, n), "std": 0.1, "p05": 0.1, "p95": 0.9,
          "n_channels": 1, "is_gray_rgb": False}
     ).to_parquet(tmp_path / "features.parquet")  # fmt: skip
-    (tmp_path / "params.yaml").write_text("data: {root: nowhere}\nlabel_issues: {n_folds: 3}\n", encoding="utf-8")
+    (tmp_path / "params.yaml").write_text(
+        "data: {root: nowhere}\nlabel_issues: {n_folds: 3}\n", encoding="utf-8"
+    )
     return [
         "--params", str(tmp_path / "params.yaml"), "--processed", str(proc), "--manifest",
         str(tmp_path / "manifest.parquet"), "--features", str(tmp_path / "features.parquet"), "--metrics",

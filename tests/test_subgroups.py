@@ -39,5 +39,11 @@ def test_the_failing_site_is_the_worst_group_and_small_groups_are_too_small():
 
 def test_group_values_bins_and_edges():
     ages = pd.Series(["30", "45", "61", "", "80"])
-    assert group_values(ages, 2, [40, 60]).tolist() == ["[-inf, 40)", "[40, 60)", "[60, inf)", "(missing)", "[60, inf)"]
+    assert group_values(ages, 2, [40, 60]).tolist() == [
+        "[-inf, 40)",
+        "[40, 60)",
+        "[60, inf)",
+        "(missing)",
+        "[60, inf)",
+    ]
     assert group_values(pd.Series(["F", "M", "F"]), 4).tolist() == ["F", "M", "F"]
