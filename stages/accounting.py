@@ -42,13 +42,13 @@ def main(argv: list[str] | None = None) -> int:
         "--curated",
         "--splits",
         "--label-issues",
-        "--outliers",
-        "--shortcuts",
         "--out",
         "--metrics",
         "--truth-metrics",
     ):
         ap.add_argument(flag, required=True, type=Path)
+    ap.add_argument("--outliers", type=Path, default=None, help="outliers.parquet (scores kind outlier)")
+    ap.add_argument("--shortcuts", type=Path, default=None, help="metrics/shortcuts.json (scores shortcuts)")
     args = ap.parse_args(argv)
     params = load_params(args.params)
 
@@ -69,8 +69,9 @@ def main(argv: list[str] | None = None) -> int:
 
         truth_metrics = score_against_truth(
             read_json(truth_path), manifest, pd.read_parquet(args.quality),
-            pd.read_parquet(args.duplicates), curated, label_issues, pd.read_parquet(args.outliers),
-            read_json(args.shortcuts),
+            pd.read_parquet(args.duplicates), curated, label_issues,
+            pd.read_parquet(args.outliers) if args.outliers else None,
+            read_json(args.shortcuts) if args.shortcuts else None,
         )  # fmt: skip
     else:
         truth_metrics = {"available": False}
