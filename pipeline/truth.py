@@ -27,7 +27,8 @@ Definitions (image ids are the paths in ``truth.json``):
   outliers of a subtype with that kind. ``outlier`` overall: any flag on any planted outlier.
 * **Images planted as one kind and flagged by another check** are left out of that check's
   precision (neither right nor wrong): a document page that does not belong is also bright
-  (``overexposed``), a 2:1 image is also unusual to the outlier check. ``n_flagged`` counts every
+  (``overexposed``), a 2:1 image is also unusual to the outlier check, an image that does not belong
+  has no right label to find (``flipped_label``). ``n_flagged`` counts every
   flag; ``n_flagged_other_planted`` says how many were left out.
 * **Shortcuts** (top-level ``shortcuts`` list of attribute names): precision and recall of the
   attributes the shortcut audit flags (``is_shortcut`` in metrics/shortcuts.json).
@@ -210,7 +211,7 @@ def score_against_truth(
     if label_issues is not None:
         planted = {it["path"] for it in by_kind.get("flipped_label", [])}
         flagged = label_issues.loc[label_issues["is_label_issue"].astype(bool), "image_id"]
-        score = _set_score(planted, flagged)
+        score = _set_score(planted, flagged, ignore=outlier_paths)  # an outlier has no right label
         # Flips that land in the test split or on excluded images are never audited (the test
         # split is read by evaluate only), so recall is also given over the audited flips.
         n_audited = len(planted & set(label_issues["image_id"]))
