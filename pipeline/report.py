@@ -405,7 +405,10 @@ def _section_shortcuts(a: AuditInputs) -> str:
         f"<p>Flagged: <b class={'bad' if flagged else 'ok'}>{html.escape(', '.join(flagged) or 'none')}</b></p>"
     )
     if m.get("attributes"):
-        out.append(_table(pd.DataFrame(m["attributes"]), max_rows=100))
+        table = pd.DataFrame(m["attributes"])
+        first = [c for c in ("attribute", "source", "score", "chance", "ci_low", "ci_high", "lift", "is_shortcut")
+                 if c in table.columns]  # fmt: skip
+        out.append(_table(table[first + [c for c in table.columns if c not in first]], max_rows=100))
     for name in flagged:
         out.append(f"<h3>{html.escape(name)}</h3>")
         breakdown = (m.get("breakdown") or {}).get(name)
