@@ -29,6 +29,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from pipeline.contract import STATUS_OK, flag_col
+from pipeline.errors import InputError
 from pipeline.params import QUALITY_ISSUES, CurateParams
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ def curate(
         reason = reason.mask(flags.any(axis=1), ["low_quality:" + x for x in low])
     if "outlier" in params.exclude_issues:
         if outliers is None or flag_col("outlier") not in outliers.columns:
-            raise ValueError(
+            raise InputError(
                 "curate.exclude_issues lists 'outlier' but no outliers table with is_outlier_issue was given"
             )
         o = outliers.set_index("image_id").reindex(ok["image_id"])

@@ -52,6 +52,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from pipeline.demo_outliers import OUTLIER_SUBTYPES, RENDERERS, burn_marker, transform_radiograph
+from pipeline.errors import InputError
 from pipeline.io import write_csv, write_json
 from pipeline.params import DemoParams
 
@@ -598,7 +599,7 @@ def _plan_outliers_and_sites(
         info[patient] = (site, str(rng.choice(["F", "M"])), int(rng.integers(18, 91)))
     n_outliers = params.n_outliers_per_subtype * len(OUTLIER_SUBTYPES)
     if n_outliers > sum(room.values()):
-        raise ValueError(
+        raise InputError(
             f"demo: {n_outliers} outliers (demo.n_outliers_per_subtype={params.n_outliers_per_subtype} x "
             f"{len(OUTLIER_SUBTYPES)} subtypes) do not fit: patients have room for only {sum(room.values())} more "
             f"images under demo.images_per_patient_range={list(params.images_per_patient_range)}; raise "

@@ -49,6 +49,7 @@ from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.preprocessing import StandardScaler
 
 from pipeline.contract import flag_col, score_col
+from pipeline.errors import InputError
 from pipeline.quality import z_to_score
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,7 @@ def thumbnail_stack(features: pd.DataFrame) -> np.ndarray:
     """
     sizes = pd.unique(features["thumb_size"])
     if len(sizes) > 1:
-        raise ValueError(f"features: thumbnails of several sizes {sorted(sizes)}; re-run ingest")
+        raise InputError(f"features: thumbnails of several sizes {sorted(sizes)}; re-run ingest")
     s = int(sizes[0]) if len(sizes) else 32
     buf = b"".join(features["thumb"].tolist())
     return np.frombuffer(buf, np.uint8).reshape(len(features), s, s)
