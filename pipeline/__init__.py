@@ -15,17 +15,20 @@ __version__ = "0.1.0"
 # module -> the stage it implements (a stage's helpers name that stage too)
 STAGE_LOGIC = {
     "demo": "demo_data",
+    "demo_outliers": "demo_data",
     "ingest": "ingest",
     "features": "ingest",
     "quality": "quality",
     "dedup": "dedup",
     "hamming_index": "dedup",
     "similarity": "dedup",
+    "outliers": "outliers",
     "curate": "curate",
     "split": "split",
     "normalize": "normalize",
     "augment": "augment",
     "label_issues": "label_issues",
+    "shortcuts": "shortcuts",
     "accounting": "accounting",
     "truth": "accounting",
     "tune": "tune",
@@ -33,6 +36,7 @@ STAGE_LOGIC = {
     "mixup": "train",
     "evaluate": "evaluate",
     "calibration": "evaluate",
+    "subgroups": "evaluate",
     "report": "report",
 }
 

@@ -5,6 +5,8 @@ Reasons (first that applies wins, in this order):
 1. ``low_quality:<issues>``: the image has one or more of ``curate.exclude_issues``; all of them
    are named, joined with ``+`` in the fixed order of :data:`pipeline.contract.QUALITY_ISSUES`
    (e.g. ``low_quality:dark+low_information``).
+   Then ``outlier:<kind>`` (e.g. ``outlier:rotated``) when ``exclude_issues`` lists ``outlier``
+   and the outliers stage flagged the image.
 2. ``label_conflict``: the image is in a duplicate cluster whose copies carry different labels
    (``curate.exclude_label_conflicts``): which label is right is unknown, so no copy is kept.
 3. ``exact_duplicate`` / ``near_duplicate``: the image is a non-representative member of a
@@ -26,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.contract import QUALITY_ISSUES, STATUS_OK, flag_col, require_columns
+from pipeline.errors import InputError
 from pipeline.graph import key_components
 from pipeline.params import CurateParams
 
@@ -56,7 +59,11 @@ def leakage_groups(ok: pd.DataFrame, duplicates: pd.DataFrame) -> np.ndarray:
 
 
 def curate(
-    manifest: pd.DataFrame, quality: pd.DataFrame, duplicates: pd.DataFrame, params: CurateParams
+    manifest: pd.DataFrame,
+    quality: pd.DataFrame,
+    duplicates: pd.DataFrame,
+    params: CurateParams,
+    outliers: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Decide, for every ``status == ok`` image, whether it goes on, and why not.
 
@@ -66,6 +73,8 @@ def curate(
         duplicates: duplicates.parquet (``image_id, cluster_id, kind, is_representative,
             is_label_conflict``).
         params: The ``curate`` params section.
+        outliers: outliers.parquet (``image_id, is_outlier_issue, outlier_kind``); needed only
+            when ``exclude_issues`` lists ``outlier``.
 
     Returns:
         ``image_id, included, reason, group_id``: one row per ok image, sorted by ``image_id``.
@@ -88,6 +97,15 @@ def curate(
         names = np.array(issues, dtype=object)
         low = ["+".join(names[row]) for row in flags]
         reason = reason.mask(flags.any(axis=1), ["low_quality:" + x for x in low])
+    if "outlier" in params.exclude_issues:
+        if outliers is None or flag_col("outlier") not in outliers.columns:
+            raise InputError(
+                "curate.exclude_issues lists 'outlier' but no outliers table with is_outlier_issue was given"
+            )
+        o = outliers.set_index("image_id").reindex(ok["image_id"])
+        is_out = o[flag_col("outlier")].fillna(False).astype(bool).to_numpy()
+        kinds = "outlier:" + o["outlier_kind"].fillna("").astype(str).replace("", "atypical")
+        reason = reason.mask((reason == "") & is_out, pd.Series(kinds.to_numpy(), index=ok.index))
 
     d = duplicates.set_index("image_id").reindex(ok["image_id"])
     in_cluster = d["cluster_id"].notna().to_numpy()

@@ -17,7 +17,18 @@ ground truth to be scored against, so this module draws a small deterministic da
 * planted problems, each listed in ``truth.json``: exact duplicates, near duplicates (resized,
   JPEG-recompressed, brightness-shifted, cropped, shifted), duplicates filed under another
   patient, blurry / dark / overexposed / blank images, odd sizes and aspect ratios, truncated
-  image files, non-image files with image extensions, and flipped labels.
+  image files, non-image files with image extensions, flipped labels, and images that do not
+  belong (kind ``outlier``: another view, another modality, a photo, a document, an inverted,
+  rotated or mirrored radiograph; see :mod:`pipeline.demo_outliers`);
+* a shortcut (truth: top-level ``shortcuts``): ``labels.csv`` has ``site``, ``sex`` and ``age``
+  columns; one site (:data:`MARKED_SITE`) receives most of its patients from one class (the last
+  of ``demo.classes``), and its films are larger and carry a burned-in corner marker, so the
+  label can be read off the site, the image size and the image border. ``sex`` and ``age`` are
+  drawn independently of the label (they must not be flagged).
+
+Outliers, sites, sex and age are drawn from their own random stream, added after everything
+else is planned, so the rest of the demo (patients, labels, planted problems) is the same
+whatever their params.
 
 Planted problems never overlap: each file is at most one kind; duplicates are copies of clean
 images; flipped labels sit on clean images that are not duplicate sources.
@@ -40,6 +51,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from pipeline.demo_outliers import OUTLIER_SUBTYPES, RENDERERS, burn_marker, transform_radiograph
 from pipeline.errors import InputError
 from pipeline.io import write_csv, write_json
 from pipeline.params import DemoParams
@@ -59,6 +71,7 @@ KINDS = (
     "corrupt",
     "not_an_image",
     "flipped_label",
+    "outlier",
 )
 # Kinds that replace a clean image slot (the others add a copy or relabel a clean image).
 _DEFECT_KINDS = (
@@ -72,7 +85,13 @@ _DEFECT_KINDS = (
     "not_an_image",
 )
 _DUPLICATE_KINDS = ("exact_duplicate", "near_duplicate", "cross_patient_duplicate")
-LABELS_COLUMNS = ["image_path", "label", "patient_id"]
+LABELS_COLUMNS = ["image_path", "label", "patient_id", "site", "sex", "age"]
+SITES = ("site_a", "site_b", "site_c")
+MARKED_SITE = "site_c"
+"""The site whose films are larger and carry a corner marker, and that sees mostly one class."""
+SHORTCUT_ATTRIBUTES = ("site", "width", "height", "file_size", "border_only")
+"""What the shortcut audit must flag on the demo: the site column, the marked site's larger image
+size (and so its larger files), and the border-only test (the corner marker)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -414,6 +433,10 @@ class _Slot:
     source: int | None = None  # index of the source slot, for duplicates
     name: str = ""
     flipped: bool = False
+    subtype: str = ""  # outlier subtype
+    site: str = ""
+    sex: str = ""
+    age: int = 0
 
 
 def _odd_shapes(size: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
@@ -547,6 +570,8 @@ def plan_demo(params: DemoParams, seed: int) -> list[_Slot]:
             by_patient[target].append(len(slots))
             slots.append(dup)
 
+    _plan_outliers_and_sites(slots, by_patient, room, params, seed)
+
     # File names: shuffle within each patient so the name does not give the kind away.
     for patient in sorted(by_patient):
         idx = by_patient[patient]
@@ -572,6 +597,49 @@ def _label_drawer(
     return draw
 
 
+def _plan_outliers_and_sites(
+    slots: list[_Slot], by_patient: dict[str, list[int]], room: dict[str, int], params: DemoParams, seed: int
+) -> None:
+    """Add the outlier slots and give every patient a site, a sex and an age (in place).
+
+    Drawn from their own stream ``default_rng([seed, 15])`` so that the rest of the plan does not
+    depend on these params. The marked site receives ``shortcut_site_fraction`` of the patients
+    whose main label is the last class and a twentieth of that share of the others.
+    """
+    rng = np.random.default_rng([seed, 15])
+    shortcut_class = params.classes[-1]
+    info: dict[str, tuple[str, str, int]] = {}
+    for patient in sorted(by_patient):
+        own = [slots[i].true_label for i in by_patient[patient] if slots[i].source is None]
+        main = Counter(own).most_common(1)[0][0] if own else ""
+        share = params.shortcut_site_fraction * (1.0 if main == shortcut_class else 0.05)
+        u, other = rng.random(), str(rng.choice(SITES[:2]))
+        site = MARKED_SITE if u < share else other
+        info[patient] = (site, str(rng.choice(["F", "M"])), int(rng.integers(18, 91)))
+    n_outliers = params.n_outliers_per_subtype * len(OUTLIER_SUBTYPES)
+    if n_outliers > sum(room.values()):
+        raise InputError(
+            f"demo: {n_outliers} outliers (demo.n_outliers_per_subtype={params.n_outliers_per_subtype} x "
+            f"{len(OUTLIER_SUBTYPES)} subtypes) do not fit: patients have room for only {sum(room.values())} more "
+            f"images under demo.images_per_patient_range={list(params.images_per_patient_range)}; raise "
+            f"demo.n_patients or lower demo.n_outliers_per_subtype"
+        )
+    for subtype in OUTLIER_SUBTYPES:
+        for _ in range(params.n_outliers_per_subtype):
+            target = str(rng.choice(sorted(p for p, r in room.items() if r > 0)))
+            room[target] -= 1
+            label = slots[by_patient[target][0]].true_label
+            by_patient[target].append(len(slots))
+            slots.append(
+                _Slot(
+                    patient=target, label=label, true_label=label, seed=int(rng.integers(2**63)),
+                    kind="outlier", subtype=subtype,
+                )
+            )  # fmt: skip
+    for s in slots:
+        s.site, s.sex, s.age = info[s.patient]
+
+
 def _extension(rng: np.random.Generator) -> str:
     return ".jpg" if rng.random() < 0.5 else ".png"
 
@@ -580,7 +648,7 @@ def generate_demo(out_dir: Path, params: DemoParams, seed: int) -> dict:
     """Write the demo dataset and return its ground truth.
 
     Writes ``out_dir/images/<patient>/<patient>_<nn>.png|.jpg``, ``out_dir/labels.csv``
-    (``image_path,label,patient_id``; every file, including the corrupt and non-image ones, so
+    (``image_path,label,patient_id,site,sex,age``; every file, including the corrupt and non-image ones, so
     that ingest rejects them with a reason) and ``out_dir/truth.json``. ``out_dir/images`` is
     emptied first so the output is exactly the generated set.
 
@@ -590,8 +658,9 @@ def generate_demo(out_dir: Path, params: DemoParams, seed: int) -> dict:
         seed: Top-level seed; the same seed gives byte-identical files.
 
     Returns:
-        The truth: ``{"items": [{"path", "kind", "source"?, "true_label"?, "transform"?}]}``,
-        one item per planted problem, sorted by path.
+        The truth: ``{"items": [{"path", "kind", "source"?, "true_label"?, "transform"?,
+        "subtype"?}], "shortcuts": [attribute, ...]}``, one item per planted problem, sorted by
+        path; ``shortcuts`` names what the shortcut audit should flag (empty without a marked site).
 
     Raises:
         ValueError: If the params ask for more planted problems than the drawn images allow.
@@ -599,6 +668,7 @@ def generate_demo(out_dir: Path, params: DemoParams, seed: int) -> dict:
     out_dir = Path(out_dir)
     slots = plan_demo(params, seed)
     size = params.image_size
+    marked_size = size * 17 // 16  # larger films, yet within quality's size tolerance (also resized copies)
     odd_sizes, odd_aspects = _odd_shapes(size)
     images_dir = out_dir / "images"
     if images_dir.exists():
@@ -640,14 +710,32 @@ def generate_demo(out_dir: Path, params: DemoParams, seed: int) -> dict:
             data = make_not_an_image(n_not_image, Path(slot.name).name + ext, slot.patient, rng)
             n_not_image += 1
         elif slot.kind == "blank":
-            ext, data = ".png", encode(make_blank(size, size, rng), ".png")
+            side = marked_size if slot.site == MARKED_SITE else size
+            ext, data = ".png", encode(make_blank(side, side, rng), ".png")
+        elif slot.kind == "outlier":
+            side = marked_size if slot.site == MARKED_SITE else size
+            item["subtype"] = slot.subtype
+            if slot.subtype in RENDERERS:
+                img = RENDERERS[slot.subtype](side, side, rng)
+            else:
+                img = render_radiograph(
+                    anatomies[slot.patient], sample_view(rng), slot.true_label, side, side, rng
+                )
+                if slot.site == MARKED_SITE:
+                    img = burn_marker(img)
+                img, item["transform"] = transform_radiograph(img, slot.subtype, rng)
+            ext = ".jpg" if slot.subtype == "photo" else ".png"
+            data = encode(img, ext)
+            pixels[i], encoded[i] = img, data
         else:
-            h = w = size
+            h = w = marked_size if slot.site == MARKED_SITE else size
             if slot.kind == "odd_size":
                 h, w = odd_sizes[int(rng.integers(len(odd_sizes)))]
             elif slot.kind == "odd_aspect_ratio":
                 h, w = odd_aspects[int(rng.integers(len(odd_aspects)))]
             img = render_radiograph(anatomies[slot.patient], sample_view(rng), slot.true_label, h, w, rng)
+            if slot.site == MARKED_SITE:
+                img = burn_marker(img)
             if slot.kind in degrade:
                 img = degrade[slot.kind](img, rng)
             ext = ".png"
@@ -669,10 +757,15 @@ def generate_demo(out_dir: Path, params: DemoParams, seed: int) -> dict:
             items.append({"path": path, **item})
 
     labels = pd.DataFrame(
-        [(paths[i], s.label, s.patient) for i, s in enumerate(slots)], columns=LABELS_COLUMNS
+        [(paths[i], s.label, s.patient, s.site, s.sex, s.age) for i, s in enumerate(slots)],
+        columns=LABELS_COLUMNS,
     ).sort_values("image_path", ignore_index=True)
     write_csv(labels, out_dir / "labels.csv")
-    truth = {"items": sorted(items, key=lambda it: it["path"])}
+    marked = any(s.site == MARKED_SITE for s in slots)
+    truth = {
+        "items": sorted(items, key=lambda it: it["path"]),
+        "shortcuts": list(SHORTCUT_ATTRIBUTES) if marked else [],
+    }
     write_json(truth, out_dir / "truth.json")
     return truth
 

@@ -37,7 +37,7 @@ import struct
 import warnings
 import zlib
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -147,6 +147,8 @@ class DecodedImage:
         n_frames: Frames in the file (only the first is decoded); for TIFF and GIF, whose frames
             form a chain, 2 stands for "more than one" (the chain is not walked).
         patient_id: DICOM ``PatientID`` when present, else None.
+        tags: DICOM header fields of :data:`DICOM_TAGS` that are present, as strings (the first
+            value of a multi-valued field); empty for other formats.
     """
 
     pixels: np.ndarray
@@ -157,6 +159,41 @@ class DecodedImage:
     height: int
     n_frames: int = 1
     patient_id: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+DICOM_TAGS = (
+    "Modality",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "InstitutionName",
+    "StationName",
+    "ViewPosition",
+    "BodyPartExamined",
+    "PhotometricInterpretation",
+    "PixelSpacing",
+    "ImagerPixelSpacing",
+    "BitsStored",
+    "KVP",
+    "PatientSex",
+    "PatientAge",
+)
+"""DICOM header fields kept at ingest (manifest columns ``dicom_<Keyword>``) for the shortcut audit:
+acquisition details that can predict the label without any anatomy."""
+
+
+def _dicom_tags(ds: object) -> dict[str, str]:
+    out = {}
+    for key in DICOM_TAGS:
+        value = getattr(ds, key, None)
+        if value is None or value == "":
+            continue
+        if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+            value = value[0] if len(value) else ""
+        text = " ".join(str(value).split())
+        if text:
+            out[key] = text
+    return out
 
 
 def read_image(path: str | Path, max_pixels: int, multi_frame: MultiFrame = "first") -> DecodedImage:
@@ -530,7 +567,12 @@ def _apply_orientation(pixels: np.ndarray, orientation: int) -> np.ndarray:
 
 
 def _result(
-    pixels: np.ndarray, channels: int, fmt: str, n_frames: int = 1, patient_id: str | None = None
+    pixels: np.ndarray,
+    channels: int,
+    fmt: str,
+    n_frames: int = 1,
+    patient_id: str | None = None,
+    tags: dict[str, str] | None = None,
 ) -> DecodedImage:
     return DecodedImage(
         pixels=pixels,
@@ -541,6 +583,7 @@ def _result(
         height=int(pixels.shape[0]),
         n_frames=n_frames,
         patient_id=patient_id,
+        tags=dict(tags or {}),
     )
 
 
@@ -608,7 +651,7 @@ def _decode_dicom_quiet(data: bytes, max_pixels: int, multi_frame: MultiFrame) -
         if photometric == "MONOCHROME1":
             arr = ((1 << bits_stored) - 1 - arr.astype(np.int32)).astype(arr.dtype)
     pixels, channels = _to_convention(arr, "dicom", bgr=False)
-    return _result(pixels, channels, "dicom", n_frames=n_frames, patient_id=patient_id)
+    return _result(pixels, channels, "dicom", n_frames=n_frames, patient_id=patient_id, tags=_dicom_tags(ds))
 
 
 def _check_transfer_syntax(data: bytes, max_pixels: int) -> None:

@@ -63,6 +63,7 @@ from pipeline.params import ExecutorParams, IngestParams
 log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("image_path", "label", "patient_id")
+DICOM_PREFIX = "dicom_"  # manifest columns of DICOM header fields (pipeline.images.DICOM_TAGS)
 LABEL_REASONS = ("missing_label", "unknown_label", "missing_patient")
 REASONS = (*IMAGE_REASONS, *LABEL_REASONS, "features_failed", "timeout")
 OWN_GROUP_PREFIX = "image:"  # patient_id of an image without one, under missing_patient_id: own_group
@@ -336,6 +337,7 @@ def _ingest_file(task: FileTask) -> FileResult:
         bit_depth=image.bit_depth,
         format=image.format,
     )
+    row.update({f"{DICOM_PREFIX}{k}": v for k, v in image.tags.items()})
     if is_missing(row["patient_id"]):
         if image.patient_id:
             row["patient_id"] = image.patient_id
@@ -526,12 +528,16 @@ def _warm_up() -> None:
 
 
 def _manifest_frame(rows: list[dict], extras: pd.DataFrame) -> pd.DataFrame:
-    manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    tag_cols = sorted({k for r in rows for k in r if k.startswith(DICOM_PREFIX)})
+    manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS + tag_cols)
+    manifest[tag_cols] = manifest[tag_cols].fillna("").astype(str)
     for col in ("width", "height", "channels", "bit_depth"):
         manifest[col] = pd.array(manifest[col], dtype="Int64")
     for col in ("image_id", "path", "label", "patient_id", "sha256", "format", "status", "reason"):
         manifest[col] = manifest[col].astype(str)
     if len(extras.columns):
+        # a labels-table column wins over a DICOM field of the same name
+        manifest = manifest.drop(columns=[c for c in tag_cols if c in extras.columns])
         extra = extras.reindex(manifest["path"]).reset_index(drop=True).fillna("")
         manifest = pd.concat([manifest, extra], axis=1)
     return manifest

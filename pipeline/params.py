@@ -142,6 +142,13 @@ class DemoParams(Section):
     flipped_label_fraction: Annotated[float, Field(ge=0.0, lt=0.5)] = Field(
         default=0.05, description="Share of the original images whose label is flipped (clean images only)."
     )
+    n_outliers_per_subtype: Annotated[int, Field(ge=0)] = Field(
+        default=10, description="Images that do not belong, per subtype (lateral, CT, photo, document, ...)."
+    )
+    shortcut_site_fraction: Fraction = Field(
+        default=0.6,
+        description="Share of the last class's patients sent to the marked site (0 = no shortcut).",
+    )
 
     @field_validator("images_per_patient_range")
     @classmethod
@@ -293,12 +300,32 @@ class DedupParams(Section):
     n_pairs_sheet: PositiveInt = 24
 
 
+class OutliersParams(Section):
+    """Images that do not belong in the dataset (pipeline/outliers.py)."""
+
+    threshold: Fraction = Field(default=0.1, description="Flag when outlier_score < threshold.")
+    robust_z: Annotated[float, Field(gt=0)] = Field(
+        default=4.0, description="Robust SDs of atypicality beyond the median that score 0.1."
+    )
+    max_orientation_images: Annotated[int, Field(ge=16)] = Field(
+        default=2000, description="Most images the self-supervised orientation model learns from."
+    )
+    min_orientation_accuracy: Annotated[float, Field(ge=0.5, le=1.0)] = Field(
+        default=0.95,
+        description="Judge a rotation/mirror/inversion only if the model tells it from upright this often.",
+    )
+    n_gallery: PositiveInt = 24
+
+
+EXCLUDABLE_ISSUES = (*QUALITY_ISSUES, "outlier")
+
+
 class CurateParams(Section):
     """Exclusion policy."""
 
     exclude_issues: list[str] = Field(
         default_factory=lambda: ["low_information", "blurry", "dark", "overexposed", "channel_mismatch"],
-        description="Quality issues that exclude an image.",
+        description="Quality issues (and 'outlier') that exclude an image.",
     )
     keep_one_per_duplicate_cluster: bool = True
     exclude_label_conflicts: bool = True
@@ -306,9 +333,9 @@ class CurateParams(Section):
     @field_validator("exclude_issues")
     @classmethod
     def _known_issues(cls, v: list[str]) -> list[str]:
-        unknown = sorted(set(v) - set(QUALITY_ISSUES))
+        unknown = sorted(set(v) - set(EXCLUDABLE_ISSUES))
         if unknown:
-            raise ValueError(f"unknown quality issue(s) {unknown}; expected some of {list(QUALITY_ISSUES)}")
+            raise ValueError(f"unknown issue(s) {unknown}; expected some of {list(EXCLUDABLE_ISSUES)}")
         return v
 
 
@@ -448,6 +475,25 @@ class LabelIssuesParams(Section):
         return v
 
 
+class ShortcutsParams(Section):
+    """The shortcut audit (pipeline/shortcuts.py)."""
+
+    n_bins: Annotated[int, Field(ge=2)] = Field(
+        default=8, description="Quantile bins of a numeric attribute with more distinct values."
+    )
+    n_bootstrap: Annotated[int, Field(ge=0)] = Field(
+        default=200, description="Group-bootstrap replicates of each score's interval (0 = none, never flag)."
+    )
+    ci_level: Annotated[float, Field(gt=0, lt=1)] = 0.95
+    min_lift: Fraction = Field(
+        default=0.1, description="Least (score - chance) / (1 - chance) that is flagged."
+    )
+    border_fraction: Annotated[float, Field(gt=0, lt=0.5)] = Field(
+        default=0.15, description="Width of the frame the border-only auditor sees, per side."
+    )
+    n_examples: PositiveInt = 12
+
+
 class TrainParams(Section):
     """CNN training."""
 
@@ -578,6 +624,18 @@ class EvaluateParams(Section):
         default=None,
         description="Binary tasks: the val sensitivity the operating threshold must reach; null = Youden's J.",
     )
+    subgroups: list[str] = Field(
+        default_factory=list, description="Labels-table columns whose groups get their own test metrics."
+    )
+    subgroup_bins: Annotated[int, Field(ge=2)] = Field(
+        default=4, description="Quantile bins of a numeric subgroup column with more distinct values."
+    )
+    subgroup_edges: dict[str, list[float]] = Field(
+        default_factory=dict, description="Bin edges per numeric subgroup column (instead of quantiles)."
+    )
+    min_subgroup_images: PositiveInt = Field(
+        default=20, description="Smaller subgroups are reported as too small, without metrics."
+    )
 
 
 class ReportParams(Section):
@@ -596,6 +654,7 @@ class Params(Section):
     ingest: IngestParams = IngestParams()
     quality: QualityParams = QualityParams()
     dedup: DedupParams = DedupParams()
+    outliers: OutliersParams = OutliersParams()
     curate: CurateParams = CurateParams()
     split: SplitParams = SplitParams()
     normalize: NormalizeParams = NormalizeParams()
@@ -603,6 +662,7 @@ class Params(Section):
     model: ModelParams = ModelParams()
     label_issues: LabelIssuesParams = LabelIssuesParams()
     tune: TuneParams = TuneParams()
+    shortcuts: ShortcutsParams = ShortcutsParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     report: ReportParams = ReportParams()

@@ -26,14 +26,17 @@ SECTIONS = (
     ("rejected", "Rejected files"),
     ("quality", "Image quality"),
     ("duplicates", "Duplicates"),
+    ("outliers", "Images that do not belong (outliers)"),
     ("leakage", "Leakage groups"),
     ("split", "Split balance"),
     ("normalization", "Normalization"),
     ("augmentation", "Augmentation preview"),
     ("label_issues", "Label issues"),
+    ("shortcuts", "Shortcuts: what else predicts the label"),
     ("training", "Training curves"),
     ("test_metrics", "Test metrics"),
     ("confusion", "Confusion matrix"),
+    ("subgroups", "Subgroups: where the model fails"),
     ("demo_truth", "Detection of planted problems (demo ground truth)"),
 )
 
@@ -67,6 +70,12 @@ class AuditInputs:
     confusion: pd.DataFrame | None = None
     roc: pd.DataFrame | None = None
     demo_truth: dict | None = None
+    outlier_metrics: dict | None = None
+    outliers: pd.DataFrame | None = None
+    outlier_gallery: np.ndarray | None = None
+    shortcut_metrics: dict | None = None
+    shortcut_sheets: dict[str, np.ndarray] = field(default_factory=dict)
+    subgroups: dict | None = None
     n_gallery: int = 24
 
 
@@ -386,19 +395,134 @@ def _warnings(a: AuditInputs) -> str:
     )
 
 
+def _section_outliers(a: AuditInputs) -> str:
+    if a.outlier_metrics is None:
+        return _missing("metrics/outliers.json")
+    m = a.outlier_metrics
+    out = [
+        "<p>Images unlike the rest of this dataset: another view, modality or body part, a photo or a "
+        "document (<b>atypical</b>: far from the dataset's own distribution of thumbnails), or an image "
+        "stored the wrong way (<b>rotated</b>, <b>mirrored</b>, <b>inverted</b>: a model trained on this "
+        "dataset's own images says which way up it is, and undoing that makes the image typical). "
+        "Scores are in [0, 1], lower is worse; flagged images are kept unless "
+        "<code>curate.exclude_issues</code> lists <code>outlier</code>.</p>",
+        _kv({k: v for k, v in m.items() if k != "orientation_accuracy"}),
+    ]
+    acc = m.get("orientation_accuracy") or {}
+    if acc:
+        out.append(
+            "<p class=note>How often the orientation model tells each transform from upright on held-out "
+            "images (transforms below <code>outliers.min_orientation_accuracy</code> are not judged): "
+            + html.escape(_fmt(acc))
+            + "</p>"
+        )
+    if a.outlier_gallery is not None and m.get("n_flagged"):
+        out.append(_img(png_data_uri(a.outlier_gallery), "flagged outliers"))
+    if a.outliers is not None and "is_outlier_issue" in a.outliers.columns:
+        flagged = a.outliers[a.outliers["is_outlier_issue"].astype(bool)].sort_values("outlier_score")
+        out.append(_table(flagged, max_rows=a.n_gallery))
+    return "".join(out)
+
+
+def _section_shortcuts(a: AuditInputs) -> str:
+    if a.shortcut_metrics is None:
+        return _missing("metrics/shortcuts.json")
+    m = a.shortcut_metrics
+    out = [
+        f"<p>How well each attribute <i>alone</i> predicts the label (balanced accuracy out of fold, "
+        f"{m.get('n_folds')} folds grouped by patient, {m.get('n_images')} images of {m.get('splits')}), "
+        f"against chance ({1 / max(m.get('n_classes') or 1, 1):.3g}). An attribute is flagged when the "
+        f"lower end of its patient-bootstrap interval is above chance and its lift "
+        f"(score &minus; chance) / (1 &minus; chance) is at least {m.get('min_lift')}. "
+        "<b>border_only</b> is an auditor that sees only the image frame (centre masked): when it "
+        "predicts the label, markers, text or borders carry it. A flagged attribute is not proof of a "
+        "shortcut, but the model can learn it instead of the anatomy.</p>"
+    ]
+    for note in m.get("notes", []):
+        out.append(f"<p class=missing>{html.escape(note)}</p>")
+    flagged = m.get("flagged", [])
+    out.append(
+        f"<p>Flagged: <b class={'bad' if flagged else 'ok'}>{html.escape(', '.join(flagged) or 'none')}</b></p>"
+    )
+    if m.get("attributes"):
+        table = pd.DataFrame(m["attributes"])
+        first = [c for c in ("attribute", "source", "score", "chance", "ci_low", "ci_high", "lift", "is_shortcut")
+                 if c in table.columns]  # fmt: skip
+        out.append(_table(table[first + [c for c in table.columns if c not in first]], max_rows=100))
+    for name in flagged:
+        out.append(f"<h3>{html.escape(name)}</h3>")
+        breakdown = (m.get("breakdown") or {}).get(name)
+        if breakdown:
+            out.append(_table(pd.DataFrame(breakdown).T.fillna(0).astype(int).reset_index(names="value")))
+        sheet = a.shortcut_sheets.get(name)
+        if sheet is not None:
+            out.append(_img(png_data_uri(sheet), f"examples of {name}"))
+    return "".join(out)
+
+
+def _section_subgroups(a: AuditInputs) -> str:
+    if a.subgroups is None:
+        return _missing("metrics/subgroups.json")
+    s = a.subgroups
+    out = [
+        "<p>The test metrics per group of the columns in <code>evaluate.subgroups</code>, with 95% "
+        "intervals by patient bootstrap and the gap to the whole test set.</p>"
+    ]
+    for note in s.get("notes", []):
+        out.append(f"<p class=missing>{html.escape(note)}</p>")
+    worst = s.get("worst_group")
+    if worst:
+        ba = worst["balanced_accuracy"]
+        out.append(
+            f"<p>Worst group: <b>{html.escape(worst['column'])} = {html.escape(worst['group'])}</b>, "
+            f"balanced accuracy {_fmt(ba.get('value'))} [{_fmt(ba.get('ci_low'))}, {_fmt(ba.get('ci_high'))}], "
+            f"gap {_fmt(ba.get('gap'))}.</p>"
+        )
+    rows = []
+    for g in s.get("groups", []):
+        row = {k: g[k] for k in ("column", "group", "n_images", "n_patients")}
+        for key in s.get("metrics", []):
+            v = g.get(key)
+            row[key] = "too small" if g["too_small"] else (
+                f"{_fmt(v['value'])} [{_fmt(v['ci_low'])}, {_fmt(v['ci_high'])}] gap {_fmt(v['gap'])}"
+            )  # fmt: skip
+        rows.append(row)
+    if rows:
+        out.append(_table(pd.DataFrame(rows), max_rows=100))
+        sized = [g for g in s["groups"] if not g["too_small"] and g["balanced_accuracy"]["value"] is not None]
+        if sized:
+
+            def draw(ax: Any) -> None:
+                names = [f"{g['column']}={g['group']}" for g in sized]
+                val = np.array([g["balanced_accuracy"]["value"] for g in sized], float)
+                lo = np.array([g["balanced_accuracy"]["ci_low"] or np.nan for g in sized], float)
+                hi = np.array([g["balanced_accuracy"]["ci_high"] or np.nan for g in sized], float)
+                ax.errorbar(val, range(len(sized)), xerr=[val - lo, hi - val], fmt="o", capsize=3)
+                ax.set_yticks(range(len(sized)), names, fontsize=7)
+                ax.set_xlabel("balanced accuracy (95% CI)")
+
+            out.append(
+                _img(_figure_uri(draw, (6.0, 0.35 * len(sized) + 1.0)), "balanced accuracy per subgroup")
+            )
+    return "".join(out)
+
+
 BUILDERS: dict[str, Callable[[AuditInputs], str]] = {
     "accounting": _section_accounting,
     "rejected": _section_rejected,
     "quality": _section_quality,
     "duplicates": _section_duplicates,
+    "outliers": _section_outliers,
     "leakage": _section_leakage,
     "split": _section_split,
     "normalization": _section_normalization,
     "augmentation": _section_augmentation,
     "label_issues": _section_label_issues,
+    "shortcuts": _section_shortcuts,
     "training": _section_training,
     "test_metrics": _section_test_metrics,
     "confusion": _section_confusion,
+    "subgroups": _section_subgroups,
     "demo_truth": _section_demo_truth,
 }
 

@@ -20,6 +20,18 @@ Definitions (image ids are the paths in ``truth.json``):
   the image was planted as either kind). Found = planted and flagged.
 * **Ingest.** ``corrupt`` against rejection reasons ``truncated`` / ``unreadable``,
   ``not_an_image`` against ``not_an_image``.
+* **Outliers** (kind ``outlier`` with a ``subtype``). Recall of a subtype: its planted images
+  with ``is_outlier_issue``, whatever kind the pipeline named. Precision of a subtype: the share
+  of the flags the pipeline gives that subtype's kind (``rotated``, ``mirrored``, ``inverted``;
+  ``atypical`` for ``lateral``, ``other_modality``, ``photo``, ``document``) that are planted
+  outliers of a subtype with that kind. ``outlier`` overall: any flag on any planted outlier.
+* **Images planted as one kind and flagged by another check** are left out of that check's
+  precision (neither right nor wrong): a document page that does not belong is also bright
+  (``overexposed``), a 2:1 image is also unusual to the outlier check, an image that does not belong
+  has no right label to find (``flipped_label``). ``n_flagged`` counts every
+  flag; ``n_flagged_other_planted`` says how many were left out.
+* **Shortcuts** (top-level ``shortcuts`` list of attribute names): precision and recall of the
+  attributes the shortcut audit flags (``is_shortcut`` in metrics/shortcuts.json).
 * **Labels.** ``flipped_label`` against ``is_label_issue`` of label_issues.parquet (only the
   audited images can be flagged; ``n_audited`` says how many planted ones were audited and
   ``recall_audited`` is the recall over those).
@@ -47,6 +59,8 @@ QUALITY_TRUTH = {
     "odd_size": ("odd_size", "odd_aspect_ratio"),
     "odd_aspect_ratio": ("odd_size", "odd_aspect_ratio"),
 }
+OUTLIER_KIND_OF_SUBTYPE = {"inverted": "inverted", "rotated": "rotated", "mirrored": "mirrored"}
+"""The pipeline's ``outlier_kind`` for each planted subtype; other subtypes are ``atypical``."""
 INGEST_REASONS = {"corrupt": ("truncated", "unreadable"), "not_an_image": ("not_an_image",)}
 
 
@@ -66,11 +80,21 @@ def _score(n_found: int, n_planted: int, n_correct: int, n_flagged: int, **extra
 
 
 def _set_score(
-    planted: Iterable[str], flagged: Iterable[str], correct_pool: Iterable[str] | None = None
+    planted: Iterable[str],
+    flagged: Iterable[str],
+    correct_pool: Iterable[str] | None = None,
+    ignore: Iterable[str] = (),
 ) -> dict:
+    """Precision/recall; flags on ``ignore`` images (planted as another kind) count neither way."""
     planted, flagged = set(planted), set(flagged)
     pool = planted if correct_pool is None else set(correct_pool)
-    return _score(len(planted & flagged), len(planted), len(flagged & pool), len(flagged))
+    left_out = (flagged & set(ignore)) - pool
+    kept = flagged - left_out
+    score = _score(len(planted & flagged), len(planted), len(kept & pool), len(kept))
+    if left_out:
+        score["n_flagged"] = len(flagged)
+        score["n_flagged_other_planted"] = len(left_out)
+    return score
 
 
 def score_against_truth(
@@ -80,6 +104,8 @@ def score_against_truth(
     duplicates: pd.DataFrame,
     curated: pd.DataFrame,
     label_issues: pd.DataFrame | None = None,
+    outliers: pd.DataFrame | None = None,
+    shortcuts: dict | None = None,
 ) -> dict:
     """Precision and recall of every planted kind (see the module docstring for definitions).
 
@@ -90,6 +116,8 @@ def score_against_truth(
         duplicates: duplicates.parquet.
         curated: curated.parquet (used for ``n_excluded``: planted items curation excluded).
         label_issues: label_issues.parquet, or ``None`` to skip ``flipped_label``.
+        outliers: outliers.parquet, or ``None`` to skip ``outlier``.
+        shortcuts: metrics/shortcuts.json, or ``None`` to skip ``shortcut``.
 
     Returns:
         ``{kind: {"precision", "recall", "n_planted", "n_flagged", "n_found", ...}}``.
@@ -145,6 +173,9 @@ def score_against_truth(
         flagged = flagged_by_kind[kind]
         out[kind] = _score(found, len(planted), int(flagged["correct"].sum()), len(flagged))
 
+    outlier_paths = {it["path"] for it in by_kind.get("outlier", [])}
+    defect_paths = {it["path"] for k in QUALITY_KINDS for it in by_kind.get(k, [])}
+
     # quality
     q = quality.set_index("image_id")
     for kind, issues in QUALITY_KINDS.items():
@@ -152,7 +183,24 @@ def score_against_truth(
         flagged = q.index[q[cols].fillna(False).astype(bool).any(axis=1)] if cols else []
         truth_kinds = QUALITY_TRUTH.get(kind, (kind,))
         pool = [it["path"] for k in truth_kinds for it in by_kind.get(k, [])]
-        out[kind] = _set_score([it["path"] for it in by_kind.get(kind, [])], flagged, pool)
+        out[kind] = _set_score([it["path"] for it in by_kind.get(kind, [])], flagged, pool, outlier_paths)
+
+    # outliers
+    if outliers is not None:
+        o = outliers[outliers["is_outlier_issue"].astype(bool)]
+        flagged_kind = dict(zip(o["image_id"].astype(str), o["outlier_kind"].astype(str), strict=True))
+        subtype_of = {it["path"]: str(it.get("subtype", "")) for it in by_kind.get("outlier", [])}
+        out["outlier"] = _set_score(subtype_of, flagged_kind, ignore=defect_paths)
+        for subtype in sorted(set(subtype_of.values())):
+            kind = OUTLIER_KIND_OF_SUBTYPE.get(subtype, "atypical")
+            planted = [p for p, st in subtype_of.items() if st == subtype]
+            pool = [p for p, st in subtype_of.items() if OUTLIER_KIND_OF_SUBTYPE.get(st, "atypical") == kind]
+            found = [p for p in planted if p in flagged_kind]
+            as_kind = [p for p, k in flagged_kind.items() if k == kind]
+            score = _set_score(planted, as_kind, pool, defect_paths)
+            score["recall"], score["n_found"] = _ratio(len(found), len(planted)), len(found)
+            score["outlier_kind"] = kind
+            out[f"outlier:{subtype}"] = score
 
     # ingest
     rejected = manifest[manifest["status"] == STATUS_REJECTED]
@@ -164,7 +212,7 @@ def score_against_truth(
     if label_issues is not None:
         planted = {it["path"] for it in by_kind.get("flipped_label", [])}
         flagged = label_issues.loc[label_issues["is_label_issue"].astype(bool), "image_id"]
-        score = _set_score(planted, flagged)
+        score = _set_score(planted, flagged, ignore=outlier_paths)  # an outlier has no right label
         # Flips that land in the test split or on excluded images are never audited (the test
         # split is read by evaluate only), so recall is also given over the audited flips.
         n_audited = len(planted & set(label_issues["image_id"]))
@@ -174,5 +222,16 @@ def score_against_truth(
 
     excluded = set(curated.loc[~curated["included"].astype(bool), "image_id"])
     for kind, score in out.items():
-        score["n_excluded"] = sum(it["path"] in excluded for it in by_kind.get(kind, []))
+        items_of_kind = by_kind.get(kind.split(":")[0], [])
+        if ":" in kind:
+            items_of_kind = [it for it in items_of_kind if it.get("subtype") == kind.split(":", 1)[1]]
+        score["n_excluded"] = sum(it["path"] in excluded for it in items_of_kind)
+
+    # shortcuts (attribute names, not images)
+    if shortcuts is not None and isinstance(truth.get("shortcuts"), list):
+        rows = shortcuts.get("attributes", []) if isinstance(shortcuts, dict) else []
+        flagged_attrs = sorted(str(r["attribute"]) for r in rows if r.get("is_shortcut"))
+        score = _set_score(truth["shortcuts"], flagged_attrs)
+        score["flagged"] = flagged_attrs
+        out["shortcut"] = score
     return out

@@ -6,8 +6,8 @@ the same check earlier (without label issues) and keeps its own summary in metri
 this stage is the one writer of metrics/accounting.json.
 
 Reads:  ``--manifest``, ``--quality``, ``--duplicates``, ``--curated``, ``--splits``,
-        ``--label-issues`` (data/interim/*.parquet); ``data.truth`` (truth.json) when set (a path to
-        no file stops the stage).
+        ``--label-issues``, ``--outliers`` (data/interim/*.parquet), ``--shortcuts``
+        (metrics/shortcuts.json); ``data.truth`` (truth.json) when set (a path to no file stops the stage).
 Writes: ``--out`` (data/interim/final_states.parquet: image_id, path, final_state, reason),
         ``--metrics`` (metrics/accounting.json: n_files, n_rejected, n_rejected_by_reason,
         n_excluded {reason: n}, n_train, n_val, n_test), ``--truth-metrics``
@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         "--out",
         "--metrics",
         "--truth-metrics",
+        optional=("--outliers", "--shortcuts"),
     )
     truth_path = Path(params.data.truth) if params.data.truth else None
     if truth_path is not None and not truth_path.is_file():
@@ -67,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         truth_metrics = score_against_truth(
             read_json(truth_path), manifest, pd.read_parquet(args.quality),
             pd.read_parquet(args.duplicates), curated, label_issues,
+            pd.read_parquet(args.outliers) if args.outliers else None,
+            read_json(args.shortcuts) if args.shortcuts else None,
         )  # fmt: skip
     else:
         truth_metrics = {"available": False}

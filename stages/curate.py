@@ -1,7 +1,8 @@
 """Stage ``curate``: keep/exclude decision per image and the leakage groups.
 
 Reads:  ``--manifest`` (image_id, patient_id, status), ``--quality`` (is_<issue>_issue),
-        ``--duplicates`` (cluster_id, kind, is_representative, is_label_conflict).
+        ``--duplicates`` (cluster_id, kind, is_representative, is_label_conflict),
+        ``--outliers`` (is_outlier_issue, outlier_kind; used when exclude_issues lists "outlier").
 Writes: ``--out`` (data/interim/curated.parquet: image_id, included, reason, group_id for every
         ``status == ok`` image), ``--metrics`` (metrics/curate.json: counts by reason, groups).
 Params: ``curate`` (exclude_issues, keep_one_per_duplicate_cluster, exclude_label_conflicts).
@@ -21,10 +22,22 @@ log = logging.getLogger("stages.curate")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, params = start(__doc__, argv, "--manifest", "--quality", "--duplicates", "--out", "--metrics")
+    args, params = start(
+        __doc__,
+        argv,
+        "--manifest",
+        "--quality",
+        "--duplicates",
+        "--out",
+        "--metrics",
+        optional=("--outliers",),
+    )
 
     manifest = pd.read_parquet(args.manifest)
-    curated = curate(manifest, pd.read_parquet(args.quality), pd.read_parquet(args.duplicates), params.curate)
+    outliers = pd.read_parquet(args.outliers) if args.outliers is not None else None
+    curated = curate(
+        manifest, pd.read_parquet(args.quality), pd.read_parquet(args.duplicates), params.curate, outliers
+    )
     # curate() already checked that every ok image is here exactly once (nothing is lost).
     write_parquet(curated, args.out)
     metrics = summarize(curated)

@@ -7,15 +7,19 @@ Writes: metrics/test.json (accuracy, balanced_accuracy, macro_f1, auroc, pr_auc,
         ece as {value, ci_low, ci_high} of the calibrated probabilities; per_class; patient_level;
         calibration: temperature, ECE before/after; operating_point for binary tasks),
         <plots>/confusion.csv, <plots>/roc.csv, <plots>/calibration.csv, reports/predictions.csv.
+        With --manifest and --subgroups: metrics/subgroups.json (pipeline/subgroups.py) and
+        <plots>/subgroups.csv.
 Params: seed (bootstrap), evaluate.*.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from pipeline import calibration as cal
 from pipeline import evaluate as ev
+from pipeline import subgroups as sg
 from pipeline.checkpoint import Checkpoint
 from pipeline.errors import InputError
 from pipeline.inference import predict_proba, select_device
@@ -25,7 +29,16 @@ from stages._cli import run, start
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, params = start(__doc__, argv, "--processed", "--model", "--metrics", "--plots", "--predictions")
+    args, params = start(
+        __doc__,
+        argv,
+        "--processed",
+        "--model",
+        "--metrics",
+        "--plots",
+        "--predictions",
+        optional=("--manifest", "--subgroups"),
+    )
     p = params.evaluate
 
     ckpt = Checkpoint.load(args.model)
@@ -71,6 +84,17 @@ def main(argv: list[str] | None = None) -> int:
     write_csv(ev.roc_table(labels, probs, classes), args.plots / "roc.csv")
     write_csv(ev.calibration_table(labels, probs, p.n_calibration_bins), args.plots / "calibration.csv")
     write_csv(ev.predictions_table(test_idx, probs, classes), args.predictions)
+    if args.manifest is not None and args.subgroups is not None:
+        manifest = pd.read_parquet(args.manifest).set_index("image_id")
+        table = manifest.reindex(test_idx["image_id"].astype(str)).reset_index(drop=True)
+        result = sg.evaluate_subgroups(
+            labels, probs, test_idx["patient_id"].astype(str).to_numpy(), table, p.subgroups, overall=metrics,
+            n_bins=p.subgroup_bins, edges=p.subgroup_edges, min_images=p.min_subgroup_images,
+            n_bootstrap=p.n_bootstrap, ci_level=p.ci_level, n_calibration_bins=p.n_calibration_bins,
+            seed=params.seed,
+        )  # fmt: skip
+        write_json(result, args.subgroups)
+        write_csv(sg.subgroup_plot_table(result), args.plots / "subgroups.csv")
     return 0
 
 

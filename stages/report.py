@@ -90,6 +90,14 @@ def main(argv: list[str] | None = None) -> int:
         confusion=_table(args.plots / "confusion.csv"),
         roc=_table(args.plots / "roc.csv"),
         demo_truth=_json(m / "demo_truth.json"),
+        outlier_metrics=_json(m / "outliers.json"),
+        outliers=_table(i / "outliers.parquet"),
+        outlier_gallery=_png(r / "outliers" / "gallery.png"),
+        shortcut_metrics=_json(m / "shortcuts.json"),
+        shortcut_sheets={
+            p.stem: v for p in sorted((r / "shortcuts").glob("*.png")) if (v := _png(p)) is not None
+        },
+        subgroups=_json(m / "subgroups.json"),
         n_gallery=params.n_gallery,
     )
     page = build_report(inputs)

@@ -27,6 +27,7 @@ TINY_DEMO = DemoParams(
     n_corrupt=2,
     n_not_an_image=2,
     flipped_label_fraction=0.05,
+    n_outliers_per_subtype=1,
 )
 TINY_DEMO_SEED = 7
 

@@ -101,3 +101,22 @@ def test_check_nothing_lost_names_the_missing_row() -> None:
     curated = pd.DataFrame({"image_id": ["a"], "included": [True], "reason": [""], "group_id": ["g"]})
     with pytest.raises(ValueError, match=r"missing \['b'\]"):
         check_nothing_lost(manifest, curated)
+
+
+def test_flagged_outliers_are_excluded_only_when_asked():
+    manifest, quality, duplicates = _tables()
+    outliers = pd.DataFrame(
+        {
+            "image_id": ["img1.png", "img2.png"],
+            "is_outlier_issue": [True, False],
+            "outlier_kind": ["rotated", ""],
+        }
+    )
+    kept = curate(manifest, quality, duplicates, CurateParams(), outliers).set_index("image_id")
+    assert kept.loc["img1.png", "included"]
+    params = CurateParams(exclude_issues=["dark", "outlier"])
+    cur = curate(manifest, quality, duplicates, params, outliers).set_index("image_id")
+    assert cur.loc["img1.png", "reason"] == "outlier:rotated"
+    assert cur.loc["img0.png", "reason"] == "low_quality:dark"  # quality reasons come first
+    with pytest.raises(ValueError, match="lists 'outlier'"):
+        curate(manifest, quality, duplicates, params)

@@ -16,6 +16,7 @@ from PIL import Image
 
 from pipeline.demo import (
     KINDS,
+    MARKED_SITE,
     generate_demo,
     make_near_duplicate,
     plan_demo,
@@ -23,6 +24,7 @@ from pipeline.demo import (
     sample_anatomy,
     sample_view,
 )
+from pipeline.demo_outliers import OUTLIER_SUBTYPES
 from pipeline.params import DemoParams
 from stages import demo_data
 
@@ -68,7 +70,8 @@ def test_labels_table_lists_every_file_once(tiny_demo, tiny_demo_params):
     params, seed = tiny_demo_params
     root, _ = tiny_demo
     labels = pd.read_csv(root / "labels.csv", dtype=str)
-    assert list(labels.columns) == ["image_path", "label", "patient_id"]
+    assert list(labels.columns) == ["image_path", "label", "patient_id", "site", "sex", "age"]
+    assert (labels.groupby("patient_id")[["site", "sex", "age"]].nunique() == 1).all().all()
     assert labels.image_path.is_unique
     on_disk = {p.relative_to(root).as_posix() for p in (root / "images").rglob("*") if p.is_file()}
     assert set(labels.image_path) == on_disk
@@ -100,6 +103,7 @@ def test_planted_counts_and_truth_consistency(tiny_demo, tiny_demo_params):
         "odd_aspect_ratio": params.n_odd_aspect_ratio,
         "corrupt": params.n_corrupt,
         "not_an_image": params.n_not_an_image,
+        "outlier": params.n_outliers_per_subtype * len(OUTLIER_SUBTYPES),
     }
     for kind, n in expected.items():
         assert counts[kind] == n, kind
@@ -122,6 +126,8 @@ def test_planted_counts_and_truth_consistency(tiny_demo, tiny_demo_params):
             assert same_patient == (it["kind"] != "cross_patient_duplicate")
             if it["kind"] != "near_duplicate":
                 assert (root / it["path"]).read_bytes() == (root / src).read_bytes()
+        elif it["kind"] == "outlier":
+            assert it["subtype"] in OUTLIER_SUBTYPES and "source" not in it
         elif it["kind"] == "flipped_label":
             assert it["true_label"] in params.classes
             assert it["true_label"] != labels.loc[it["path"], "label"]
@@ -173,8 +179,17 @@ def test_defective_images_are_what_they_say(tiny_demo, tiny_demo_params):
     root, truth = tiny_demo
     labels = pd.read_csv(root / "labels.csv", dtype=str)
     planted = {it["path"] for it in truth["items"]}
+    marked = set(labels.image_path[labels.site == MARKED_SITE])
     clean = [cv2.imread(str(root / p), cv2.IMREAD_UNCHANGED) for p in labels.image_path if p not in planted]
-    assert all(im.shape == (params.image_size,) * 2 and im.dtype == np.uint8 for im in clean)
+    sizes = {
+        p: params.image_size * 17 // 16 if p in marked else params.image_size
+        for p in labels.image_path
+        if p not in planted
+    }
+    clean_paths = [p for p in labels.image_path if p not in planted]
+    assert all(
+        im.shape == (sizes[p],) * 2 and im.dtype == np.uint8 for p, im in zip(clean_paths, clean, strict=True)
+    )
     clean_means = np.array([im.mean() for im in clean])
     clean_sharpness = np.array([cv2.Laplacian(im.astype(np.float32), cv2.CV_32F).var() for im in clean])
 
@@ -231,3 +246,32 @@ def test_stage_writes_the_dataset(tmp_path, caplog, tiny_demo_params):
         assert demo_data.main(["--params", str(params_file), "--out", str(out)]) == 0
     assert (out / "labels.csv").is_file() and (out / "truth.json").is_file()
     assert "planted near_duplicate" in caplog.text
+
+
+def test_outliers_and_the_site_shortcut_are_planted(tiny_demo, tiny_demo_params):
+    params, _ = tiny_demo_params
+    root, truth = tiny_demo
+    labels = pd.read_csv(root / "labels.csv", dtype=str).set_index("image_path")
+    subtypes = Counter(it["subtype"] for it in items_of(truth, "outlier"))
+    assert subtypes == dict.fromkeys(OUTLIER_SUBTYPES, params.n_outliers_per_subtype)
+    for it in items_of(truth, "outlier"):
+        im = cv2.imread(str(root / it["path"]), cv2.IMREAD_UNCHANGED)
+        assert im is not None and im.dtype == np.uint8
+        assert (im.ndim == 3) == (it["subtype"] == "photo")
+    assert truth["shortcuts"] == ["site", "width", "height", "file_size", "border_only"]
+    # the marked site sees mostly the last class; the other sites do not
+    share = (labels.label == params.classes[-1]).groupby(labels.site).mean()
+    assert share[MARKED_SITE] > 0.6 > share.drop(MARKED_SITE).max()
+
+
+def test_outlier_params_do_not_change_the_rest_of_the_demo(tmp_path, tiny_demo_params):
+    params, seed = tiny_demo_params
+    a = generate_demo(tmp_path / "a", params, seed)
+    b = generate_demo(tmp_path / "b", params.model_copy(update={"n_outliers_per_subtype": 0}), seed)
+    kinds = Counter(it["kind"] for it in b["items"])
+    assert kinds == Counter(it["kind"] for it in a["items"] if it["kind"] != "outlier")
+    la, lb = (pd.read_csv(tmp_path / d / "labels.csv") for d in ("a", "b"))
+    planted = {it["path"] for it in a["items"] if it["kind"] == "outlier"}
+    la = la[~la.image_path.isin(planted)]
+    rows_a = sorted(zip(la.patient_id, la.label, la.site, strict=True))
+    assert rows_a == sorted(zip(lb.patient_id, lb.label, lb.site, strict=True))

@@ -36,6 +36,7 @@ TINY = {
         "n_odd_size": 2,
         "n_corrupt": 2,
         "n_not_an_image": 1,
+        "n_outliers_per_subtype": 1,
     },
     "executor": {"n_workers": 1},
     "normalize": {"image_size": 32},

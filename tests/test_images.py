@@ -267,3 +267,25 @@ def test_dicom_too_large_from_header():
     with pytest.raises(ImageRejected) as info:
         read_image(_testfile("CT_small.dcm"), 100)
     assert info.value.reason == "too_large"
+
+
+def test_dicom_header_fields_reach_the_manifest(tmp_path: Path):
+    import shutil
+
+    import pydicom
+
+    from pipeline.ingest import ingest
+    from pipeline.params import IngestParams
+
+    ds = pydicom.dcmread(_testfile("CT_small.dcm"))
+    img = read_image(_testfile("CT_small.dcm"), MAX)
+    assert img.tags["Manufacturer"] == str(ds.Manufacturer) and img.tags["Modality"] == "CT"
+    assert img.tags["PixelSpacing"] == str(ds.PixelSpacing[0])
+    assert read_image(_testfile("MR_small.dcm"), MAX).tags["Modality"] == "MR"
+    (tmp_path / "ct").mkdir()
+    (tmp_path / "mr").mkdir()
+    shutil.copy(_testfile("CT_small.dcm"), tmp_path / "ct" / "a.dcm")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "mr" / "b.png")
+    manifest = ingest(tmp_path, None, IngestParams()).manifest.set_index("image_id")
+    assert manifest.loc["ct/a.dcm", "dicom_Manufacturer"] == str(ds.Manufacturer)
+    assert manifest.loc["mr/b.png", "dicom_Manufacturer"] == ""

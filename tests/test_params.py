@@ -51,7 +51,7 @@ def test_params_yaml_is_complete(raw):
         (
             ("curate", "exclude_issues"),
             ["blurry", "fuzzy"],
-            "curate.exclude_issues: Value error, unknown quality issue(s) ['fuzzy']",
+            "curate.exclude_issues: Value error, unknown issue(s) ['fuzzy']",
         ),
         (("seed",), "x", "seed: Input should be a valid integer"),
     ],

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.contract import QUALITY_ISSUES, flag_col, score_col
 from pipeline.features import compute_features
-from pipeline.params import CurateParams, QualityParams, load_params
+from pipeline.params import EXCLUDABLE_ISSUES, CurateParams, QualityParams, load_params
 from pipeline.quality import CHECKS, find_low_quality
 
 PARAMS = QualityParams()
@@ -205,10 +205,11 @@ def test_checks_thresholds_and_curate_options_share_the_one_issue_list():
         k.removesuffix("_threshold") for k in QualityParams.model_fields if k.endswith("_threshold")
     ]
     assert sorted(thresholds) == sorted(QUALITY_ISSUES)
-    params_yaml = load_params("params.yaml")
-    assert set(params_yaml.curate.exclude_issues) <= set(QUALITY_ISSUES)
+    assert set(CurateParams().exclude_issues) <= set(QUALITY_ISSUES)
+    # curate can exclude every quality issue, and outliers (the outliers stage's one issue)
     assert CurateParams(exclude_issues=list(QUALITY_ISSUES)).exclude_issues == list(QUALITY_ISSUES)
-    with pytest.raises(ValueError, match=r"unknown quality issue\(s\) \['noisy'\]"):
+    assert set(EXCLUDABLE_ISSUES) == {*QUALITY_ISSUES, "outlier"}
+    with pytest.raises(ValueError, match=r"unknown issue\(s\) \['noisy'\]"):
         CurateParams(exclude_issues=["dark", "noisy"])
     q = score(clean_set(4))
     issue_columns = [c for c in q.columns if c.endswith("_score") or c.endswith("_issue")]

@@ -105,3 +105,31 @@ def test_flips_outside_the_audited_splits_count_against_recall_only():
     s = score_against_truth(truth, *_tables())["flipped_label"]
     # x.png was never audited (e.g. it is in the test split): recall halves, recall over audited flips does not
     assert (s["recall"], s["recall_audited"], s["n_audited"], s["n_planted"]) == (0.5, 1.0, 1, 2)
+
+
+def test_flags_on_images_planted_as_another_kind_count_neither_way() -> None:
+    truth = {
+        "items": [
+            {"path": "a", "kind": "overexposed"},
+            {"path": "doc", "kind": "outlier", "subtype": "document"},
+            {"path": "f", "kind": "flipped_label", "true_label": "x"},
+        ]
+    }
+    manifest = pd.DataFrame(
+        {"image_id": ["a", "doc", "f", "c"], "patient_id": ["p"] * 4, "status": "ok", "reason": ""}
+    )
+    quality = pd.DataFrame(
+        {"image_id": ["a", "doc", "f", "c"], "is_overexposed_issue": [True, True, False, False]}
+    )
+    dup = pd.DataFrame(columns=["image_id", "cluster_id", "is_representative", "kind", "is_cross_patient"])
+    curated = pd.DataFrame({"image_id": ["a", "doc", "f", "c"], "included": True})
+    li = pd.DataFrame({"image_id": ["doc", "f", "c"], "is_label_issue": [True, True, False]})
+    outliers = pd.DataFrame(
+        {"image_id": ["a", "doc", "f", "c"], "is_outlier_issue": [True, True, False, False],
+         "outlier_kind": ["atypical", "atypical", "", ""]}
+    )  # fmt: skip
+    out = score_against_truth(truth, manifest, quality, dup, curated, li, outliers, None)
+    assert out["overexposed"]["precision"] == 1.0 and out["overexposed"]["n_flagged_other_planted"] == 1
+    assert out["flipped_label"]["precision"] == 1.0 and out["flipped_label"]["n_flagged"] == 2
+    assert out["outlier:document"]["precision"] == 1.0 and out["outlier:document"]["recall"] == 1.0
+    assert out["outlier"]["n_flagged_other_planted"] == 1

@@ -1,0 +1,90 @@
+"""Outliers: a planted rotated, inverted or foreign image is found and named; a clean set is not flagged."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline import outliers as ol
+from pipeline.demo import render_radiograph, sample_anatomy, sample_view
+from pipeline.demo_outliers import render_document, render_photo
+from pipeline.features import compute_features
+
+PARAMS = dict(
+    threshold=0.1, robust_z_cut=4.0, max_orientation_images=2000, min_orientation_accuracy=0.95, seed=0
+)
+
+
+def _row(image_id: str, pixels: np.ndarray, bit_depth: int = 8) -> dict:
+    f = compute_features(pixels, bit_depth)
+    return {k: f[k] for k in ("thumb", "thumb_size", "colorfulness", "channel_diff")} | {"image_id": image_id}
+
+
+@pytest.fixture(scope="module")
+def radiographs() -> list[np.ndarray]:
+    rng = np.random.default_rng(3)
+    out = []
+    for i in range(160):
+        anatomy = sample_anatomy(rng)
+        out.append(render_radiograph(anatomy, sample_view(rng), ("normal", "nodule")[i % 2], 64, 64, rng))
+    return out
+
+
+def test_clean_set_has_no_outlier(radiographs):
+    table, info = ol.find_outliers(
+        pd.DataFrame([_row(f"c{i:03d}", im) for i, im in enumerate(radiographs)]), **PARAMS
+    )
+    assert not table["is_outlier_issue"].any(), table.sort_values("outlier_score").head()
+    assert table["outlier_score"].between(0, 1).all()
+    assert info["orientation_accuracy"]["rot90"] > 0.98
+
+
+@pytest.mark.parametrize("bit_depth", [8, 16])
+def test_planted_rotated_inverted_and_foreign_images_are_found(radiographs, bit_depth):
+    scale = 257 if bit_depth == 16 else 1
+    dtype = np.uint16 if bit_depth == 16 else np.uint8
+    rows = [
+        _row(f"c{i:03d}", (im.astype(np.uint32) * scale).astype(dtype), bit_depth)
+        for i, im in enumerate(radiographs)
+    ]
+    rng = np.random.default_rng(1)
+    extra = render_radiograph(sample_anatomy(rng), sample_view(rng), "normal", 64, 64, rng)
+    planted = {
+        "x_rotated": np.rot90(extra).copy(),
+        "x_inverted": 255 - extra,
+        "x_document": render_document(64, 64, rng),
+        "x_photo": render_photo(64, 64, rng),  # RGB
+    }
+    for name, im in planted.items():
+        rows.append(_row(name, (im.astype(np.uint32) * scale).astype(dtype), bit_depth))
+    table, _ = ol.find_outliers(pd.DataFrame(rows), **PARAMS)
+    flagged = table[table["is_outlier_issue"]].set_index("image_id")["outlier_kind"].to_dict()
+    assert flagged == {
+        "x_rotated": "rotated",
+        "x_inverted": "inverted",
+        "x_document": "atypical",
+        "x_photo": "atypical",
+    }
+
+
+def test_transforms_compose_and_invert():
+    x = np.arange(16, dtype=np.uint8).reshape(1, 4, 4)
+    for g, t in enumerate(ol.TRANSFORMS):
+        back = ol.apply_transform(ol.apply_transform(x, t), ol.TRANSFORMS[ol.INVERSE[g]])
+        assert np.array_equal(back, x), ol.transform_name(t)
+    assert ol.kind_of(ol.TRANSFORMS.index((1, 0, 0))) == "rotated"
+    assert ol.kind_of(ol.TRANSFORMS.index((0, 1, 0))) == "mirrored"
+    assert ol.kind_of(ol.TRANSFORMS.index((2, 1, 1))) == "inverted"
+
+
+def test_unstructured_images_are_skipped_and_tiny_sets_do_not_fail(radiographs):
+    rows = pd.DataFrame([_row(f"c{i}", im) for i, im in enumerate(radiographs[:5])])
+    table, info = ol.find_outliers(rows, **PARAMS)
+    assert len(table) == 5 and not table["is_outlier_issue"].any() and info["n_scored"] == 5
+    rows = pd.DataFrame([_row(f"c{i:03d}", im) for i, im in enumerate(radiographs[:40])])
+    rows = pd.concat(
+        [rows, pd.DataFrame([_row("blank", np.full((64, 64), 120, np.uint8))])], ignore_index=True
+    )
+    table, _ = ol.find_outliers(rows, skip=["blank"], **PARAMS)
+    assert table.set_index("image_id").loc["blank", "outlier_score"] == 1.0
