@@ -492,24 +492,10 @@ def plan_demo(params: DemoParams, seed: int) -> list[_Slot]:
         )
     rng = np.random.default_rng(seed)
     classes = list(params.classes)
-    lo, hi = params.images_per_patient_range
-    width = max(4, len(str(params.n_patients - 1)))
-
+    hi = params.images_per_patient_range[1]
     draw = _label_drawer(classes, params.class_proportions, rng)
 
-    # Patients: a main label; most images carry it, some patients have mixed findings.
-    slots: list[_Slot] = []
-    by_patient: dict[str, list[int]] = {}
-    for p in range(params.n_patients):
-        patient = f"p{p:0{width}d}"
-        n = int(rng.integers(lo, hi + 1))
-        main = draw(classes)
-        mixed = rng.random() < params.mixed_patient_fraction
-        by_patient[patient] = []
-        for _ in range(n):
-            label = draw(classes) if mixed else main
-            by_patient[patient].append(len(slots))
-            slots.append(_Slot(patient=patient, label=label, true_label=label, seed=int(rng.integers(2**63))))
+    slots, by_patient = _plan_patients(params, rng, draw)
     n_base = len(slots)
 
     defect_counts = {
@@ -547,7 +533,55 @@ def plan_demo(params: DemoParams, seed: int) -> list[_Slot]:
     pos += n_flipped
     sources = order[pos:]
 
-    # Duplicates: each from its own clean source, filed under a patient with room left.
+    _plan_duplicates(slots, by_patient, room, sources, dup_counts, rng)
+
+    _plan_outliers_and_sites(slots, by_patient, room, params, seed)
+
+    # File names: shuffle within each patient so the name does not give the kind away.
+    for patient in sorted(by_patient):
+        idx = by_patient[patient]
+        for k, i in enumerate(rng.permutation(len(idx))):
+            slots[idx[int(i)]].name = f"images/{patient}/{patient}_{k:02d}"
+    return slots
+
+
+def _plan_patients(
+    params: DemoParams, rng: np.random.Generator, draw: Callable[[list[str]], str]
+) -> tuple[list[_Slot], dict[str, list[int]]]:
+    """Patients and their original images: a main label that most images carry; a
+    ``mixed_patient_fraction`` of patients have mixed findings."""
+    classes = list(params.classes)
+    lo, hi = params.images_per_patient_range
+    width = max(4, len(str(params.n_patients - 1)))
+    slots: list[_Slot] = []
+    by_patient: dict[str, list[int]] = {}
+    for p in range(params.n_patients):
+        patient = f"p{p:0{width}d}"
+        n = int(rng.integers(lo, hi + 1))
+        main = draw(classes)
+        mixed = rng.random() < params.mixed_patient_fraction
+        by_patient[patient] = []
+        for _ in range(n):
+            label = draw(classes) if mixed else main
+            by_patient[patient].append(len(slots))
+            slots.append(_Slot(patient=patient, label=label, true_label=label, seed=int(rng.integers(2**63))))
+    return slots, by_patient
+
+
+def _plan_duplicates(
+    slots: list[_Slot],
+    by_patient: dict[str, list[int]],
+    room: dict[str, int],
+    sources: list[int],
+    dup_counts: dict[str, int],
+    rng: np.random.Generator,
+) -> None:
+    """Duplicates (in place): each from its own clean source, filed under a patient with room left
+    (its own, or another for ``cross_patient_duplicate``).
+
+    Raises:
+        InputError: The clean sources run out before every duplicate is placed.
+    """
     src_iter = iter(sources)
     for kind, count in dup_counts.items():
         for _ in range(count):
@@ -569,15 +603,6 @@ def plan_demo(params: DemoParams, seed: int) -> list[_Slot]:
             dup = replace(slots[src], patient=target, kind=kind, source=src, seed=int(rng.integers(2**63)))
             by_patient[target].append(len(slots))
             slots.append(dup)
-
-    _plan_outliers_and_sites(slots, by_patient, room, params, seed)
-
-    # File names: shuffle within each patient so the name does not give the kind away.
-    for patient in sorted(by_patient):
-        idx = by_patient[patient]
-        for k, i in enumerate(rng.permutation(len(idx))):
-            slots[idx[int(i)]].name = f"images/{patient}/{patient}_{k:02d}"
-    return slots
 
 
 def _label_drawer(
