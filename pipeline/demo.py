@@ -43,7 +43,7 @@ import logging
 import shutil
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -669,6 +669,89 @@ def _extension(rng: np.random.Generator) -> str:
     return ".jpg" if rng.random() < 0.5 else ".png"
 
 
+DEGRADE: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]] = {
+    "blurry": make_blurry,
+    "dark": make_dark,
+    "overexposed": make_overexposed,
+}
+
+
+@dataclass
+class _Renderer:
+    """Renders the planned slots one by one; keeps what duplicates need of their sources."""
+
+    slots: list[_Slot]
+    anatomies: dict[str, Anatomy]
+    size: int
+    marked_size: int  # the marked site's larger films, yet within quality's size tolerance
+    odd_sizes: list[tuple[int, int]]
+    odd_aspects: list[tuple[int, int]]
+    encoded: dict[int, bytes] = field(default_factory=dict)
+    pixels: dict[int, np.ndarray] = field(default_factory=dict)
+    paths: dict[int, str] = field(default_factory=dict)
+    n_not_image: int = 0
+
+    def render(self, i: int) -> tuple[str, bytes, dict]:
+        """``(extension, file bytes, truth item)`` of slot ``i`` (its source must be rendered first)."""
+        slot = self.slots[i]
+        rng = np.random.default_rng(slot.seed)
+        item: dict = {"kind": slot.kind}
+        if slot.source is not None:
+            src = self.slots[slot.source]
+            item["source"] = self.paths[slot.source]
+            if slot.kind == "near_duplicate":
+                img, ext, quality, desc = make_near_duplicate(self.pixels[slot.source], rng)
+                data = encode(img, ext, quality)
+                item["transform"] = desc
+            else:
+                ext, data = Path(self.paths[slot.source]).suffix, self.encoded[slot.source]
+            slot.label = src.label
+        elif slot.kind == "not_an_image":
+            ext = _extension(rng)
+            data = make_not_an_image(self.n_not_image, Path(slot.name).name + ext, slot.patient, rng)
+            self.n_not_image += 1
+        elif slot.kind == "blank":
+            side = self.marked_size if slot.site == MARKED_SITE else self.size
+            ext, data = ".png", encode(make_blank(side, side, rng), ".png")
+        elif slot.kind == "outlier":
+            side = self.marked_size if slot.site == MARKED_SITE else self.size
+            item["subtype"] = slot.subtype
+            if slot.subtype in RENDERERS:
+                img = RENDERERS[slot.subtype](side, side, rng)
+            else:
+                img = render_radiograph(
+                    self.anatomies[slot.patient], sample_view(rng), slot.true_label, side, side, rng
+                )
+                if slot.site == MARKED_SITE:
+                    img = burn_marker(img)
+                img, item["transform"] = transform_radiograph(img, slot.subtype, rng)
+            ext = ".jpg" if slot.subtype == "photo" else ".png"
+            data = encode(img, ext)
+            self.pixels[i], self.encoded[i] = img, data
+        else:
+            h = w = self.marked_size if slot.site == MARKED_SITE else self.size
+            if slot.kind == "odd_size":
+                h, w = self.odd_sizes[int(rng.integers(len(self.odd_sizes)))]
+            elif slot.kind == "odd_aspect_ratio":
+                h, w = self.odd_aspects[int(rng.integers(len(self.odd_aspects)))]
+            img = render_radiograph(
+                self.anatomies[slot.patient], sample_view(rng), slot.true_label, h, w, rng
+            )
+            if slot.site == MARKED_SITE:
+                img = burn_marker(img)
+            if slot.kind in DEGRADE:
+                img = DEGRADE[slot.kind](img, rng)
+            ext = ".png"
+            if slot.kind == "corrupt":
+                ext = _extension(rng)
+                data = truncate(encode(img, ext, 90), rng)
+            else:
+                data = encode(img, ext)
+                self.pixels[i] = img
+            self.encoded[i] = data
+        return ext, data, item
+
+
 def generate_demo(out_dir: Path, params: DemoParams, seed: int) -> dict:
     """Write the demo dataset and return its ground truth.
 
@@ -693,8 +776,6 @@ def generate_demo(out_dir: Path, params: DemoParams, seed: int) -> dict:
     out_dir = Path(out_dir)
     slots = plan_demo(params, seed)
     size = params.image_size
-    marked_size = size * 17 // 16  # larger films, yet within quality's size tolerance (also resized copies)
-    odd_sizes, odd_aspects = _odd_shapes(size)
     images_dir = out_dir / "images"
     if images_dir.exists():
         shutil.rmtree(images_dir)
@@ -703,74 +784,14 @@ def generate_demo(out_dir: Path, params: DemoParams, seed: int) -> dict:
     for patient in sorted({s.patient for s in slots}):
         prng = np.random.default_rng([seed, int(patient[1:])])
         anatomies[patient] = sample_anatomy(prng)
-
-    degrade: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]] = {
-        "blurry": make_blurry,
-        "dark": make_dark,
-        "overexposed": make_overexposed,
-    }
-    encoded: dict[int, bytes] = {}
-    pixels: dict[int, np.ndarray] = {}
-    paths: dict[int, str] = {}
+    renderer = _Renderer(slots, anatomies, size, size * 17 // 16, *_odd_shapes(size))
     items: list[dict] = []
-    n_not_image = 0
+    paths = renderer.paths
     # Originals first (duplicates need their source's bytes), in slot order.
     order = sorted(range(len(slots)), key=lambda i: (slots[i].source is not None, i))
     for i in tqdm(order, desc="demo images", unit="img", mininterval=1.0):
         slot = slots[i]
-        rng = np.random.default_rng(slot.seed)
-        item: dict = {"kind": slot.kind}
-        if slot.source is not None:
-            src = slots[slot.source]
-            item["source"] = paths[slot.source]
-            if slot.kind == "near_duplicate":
-                img, ext, quality, desc = make_near_duplicate(pixels[slot.source], rng)
-                data = encode(img, ext, quality)
-                item["transform"] = desc
-            else:
-                ext, data = Path(paths[slot.source]).suffix, encoded[slot.source]
-            slot.label = src.label
-        elif slot.kind == "not_an_image":
-            ext = _extension(rng)
-            data = make_not_an_image(n_not_image, Path(slot.name).name + ext, slot.patient, rng)
-            n_not_image += 1
-        elif slot.kind == "blank":
-            side = marked_size if slot.site == MARKED_SITE else size
-            ext, data = ".png", encode(make_blank(side, side, rng), ".png")
-        elif slot.kind == "outlier":
-            side = marked_size if slot.site == MARKED_SITE else size
-            item["subtype"] = slot.subtype
-            if slot.subtype in RENDERERS:
-                img = RENDERERS[slot.subtype](side, side, rng)
-            else:
-                img = render_radiograph(
-                    anatomies[slot.patient], sample_view(rng), slot.true_label, side, side, rng
-                )
-                if slot.site == MARKED_SITE:
-                    img = burn_marker(img)
-                img, item["transform"] = transform_radiograph(img, slot.subtype, rng)
-            ext = ".jpg" if slot.subtype == "photo" else ".png"
-            data = encode(img, ext)
-            pixels[i], encoded[i] = img, data
-        else:
-            h = w = marked_size if slot.site == MARKED_SITE else size
-            if slot.kind == "odd_size":
-                h, w = odd_sizes[int(rng.integers(len(odd_sizes)))]
-            elif slot.kind == "odd_aspect_ratio":
-                h, w = odd_aspects[int(rng.integers(len(odd_aspects)))]
-            img = render_radiograph(anatomies[slot.patient], sample_view(rng), slot.true_label, h, w, rng)
-            if slot.site == MARKED_SITE:
-                img = burn_marker(img)
-            if slot.kind in degrade:
-                img = degrade[slot.kind](img, rng)
-            ext = ".png"
-            if slot.kind == "corrupt":
-                ext = _extension(rng)
-                data = truncate(encode(img, ext, 90), rng)
-            else:
-                data = encode(img, ext)
-                pixels[i] = img
-            encoded[i] = data
+        ext, data, item = renderer.render(i)
         path = slot.name + ext
         paths[i] = path
         # Plain writes: the images folder was emptied and is rewritten as a whole.
