@@ -133,7 +133,65 @@ def score_against_truth(
         by_kind.setdefault(str(it["kind"]), []).append(it)
     out: dict[str, dict] = {}
 
-    # duplicates
+    out.update(_score_duplicates(items, by_kind, manifest, duplicates))
+
+    outlier_paths = {it["path"] for it in by_kind.get("outlier", [])}
+    defect_paths = {it["path"] for k in QUALITY_KINDS for it in by_kind.get(k, [])}
+
+    # quality
+    q = quality.set_index("image_id")
+    for kind, issues in QUALITY_KINDS.items():
+        cols = [flag_col(x) for x in issues if flag_col(x) in q.columns]
+        flagged = q.index[q[cols].fillna(False).astype(bool).any(axis=1)] if cols else []
+        truth_kinds = QUALITY_TRUTH.get(kind, (kind,))
+        pool = [it["path"] for k in truth_kinds for it in by_kind.get(k, [])]
+        out[kind] = _set_score([it["path"] for it in by_kind.get(kind, [])], flagged, pool, outlier_paths)
+
+    if outliers is not None:
+        out.update(_score_outliers(by_kind, outliers, defect_paths))
+
+    # ingest
+    rejected = manifest[manifest["status"] == STATUS_REJECTED]
+    for kind, reasons in INGEST_REASONS.items():
+        flagged = rejected.loc[rejected["reason"].isin(reasons), "image_id"]
+        out[kind] = _set_score([it["path"] for it in by_kind.get(kind, [])], flagged)
+
+    # labels
+    if label_issues is not None:
+        planted = {it["path"] for it in by_kind.get("flipped_label", [])}
+        flagged = label_issues.loc[label_issues["is_label_issue"].astype(bool), "image_id"]
+        score = _set_score(planted, flagged, ignore=outlier_paths)  # an outlier has no right label
+        # Flips that land in the test split or on excluded images are never audited (the test
+        # split is read by evaluate only), so recall is also given over the audited flips.
+        n_audited = len(planted & set(label_issues["image_id"]))
+        score["n_audited"] = n_audited
+        score["recall_audited"] = round(score["n_found"] / n_audited, 4) if n_audited else None
+        out["flipped_label"] = score
+
+    excluded = set(curated.loc[~curated["included"].astype(bool), "image_id"])
+    for kind, score in out.items():
+        items_of_kind = by_kind.get(kind.split(":")[0], [])
+        if ":" in kind:
+            items_of_kind = [it for it in items_of_kind if it.get("subtype") == kind.split(":", 1)[1]]
+        score["n_excluded"] = sum(it["path"] in excluded for it in items_of_kind)
+
+    # shortcuts (attribute names, not images)
+    if shortcuts is not None and isinstance(truth.get("shortcuts"), list):
+        rows = shortcuts.get("attributes", []) if isinstance(shortcuts, dict) else []
+        flagged_attrs = sorted(str(r["attribute"]) for r in rows if r.get("is_shortcut"))
+        score = _set_score(truth["shortcuts"], flagged_attrs)
+        score["flagged"] = flagged_attrs
+        out["shortcut"] = score
+    return out
+
+
+def _score_duplicates(
+    items: list[dict], by_kind: dict[str, list[dict]], manifest: pd.DataFrame, duplicates: pd.DataFrame
+) -> dict[str, dict]:
+    """Exact, near and cross-patient duplicates: a planted copy is found when it shares a cluster
+    with its source; a flagged non-representative is right when it traces back to its
+    representative's source."""
+    out: dict[str, dict] = {}
     source = {it["path"]: it["source"] for it in items if it.get("source")}
 
     def root(path: str) -> str:
@@ -172,66 +230,27 @@ def score_against_truth(
             found += ok
         flagged = flagged_by_kind[kind]
         out[kind] = _score(found, len(planted), int(flagged["correct"].sum()), len(flagged))
+    return out
 
-    outlier_paths = {it["path"] for it in by_kind.get("outlier", [])}
-    defect_paths = {it["path"] for k in QUALITY_KINDS for it in by_kind.get(k, [])}
 
-    # quality
-    q = quality.set_index("image_id")
-    for kind, issues in QUALITY_KINDS.items():
-        cols = [flag_col(x) for x in issues if flag_col(x) in q.columns]
-        flagged = q.index[q[cols].fillna(False).astype(bool).any(axis=1)] if cols else []
-        truth_kinds = QUALITY_TRUTH.get(kind, (kind,))
-        pool = [it["path"] for k in truth_kinds for it in by_kind.get(k, [])]
-        out[kind] = _set_score([it["path"] for it in by_kind.get(kind, [])], flagged, pool, outlier_paths)
-
-    # outliers
-    if outliers is not None:
-        o = outliers[outliers["is_outlier_issue"].astype(bool)]
-        flagged_kind = dict(zip(o["image_id"].astype(str), o["outlier_kind"].astype(str), strict=True))
-        subtype_of = {it["path"]: str(it.get("subtype", "")) for it in by_kind.get("outlier", [])}
-        out["outlier"] = _set_score(subtype_of, flagged_kind, ignore=defect_paths)
-        for subtype in sorted(set(subtype_of.values())):
-            kind = OUTLIER_KIND_OF_SUBTYPE.get(subtype, "atypical")
-            planted = [p for p, st in subtype_of.items() if st == subtype]
-            pool = [p for p, st in subtype_of.items() if OUTLIER_KIND_OF_SUBTYPE.get(st, "atypical") == kind]
-            found = [p for p in planted if p in flagged_kind]
-            as_kind = [p for p, k in flagged_kind.items() if k == kind]
-            score = _set_score(planted, as_kind, pool, defect_paths)
-            score["recall"], score["n_found"] = _ratio(len(found), len(planted)), len(found)
-            score["outlier_kind"] = kind
-            out[f"outlier:{subtype}"] = score
-
-    # ingest
-    rejected = manifest[manifest["status"] == STATUS_REJECTED]
-    for kind, reasons in INGEST_REASONS.items():
-        flagged = rejected.loc[rejected["reason"].isin(reasons), "image_id"]
-        out[kind] = _set_score([it["path"] for it in by_kind.get(kind, [])], flagged)
-
-    # labels
-    if label_issues is not None:
-        planted = {it["path"] for it in by_kind.get("flipped_label", [])}
-        flagged = label_issues.loc[label_issues["is_label_issue"].astype(bool), "image_id"]
-        score = _set_score(planted, flagged, ignore=outlier_paths)  # an outlier has no right label
-        # Flips that land in the test split or on excluded images are never audited (the test
-        # split is read by evaluate only), so recall is also given over the audited flips.
-        n_audited = len(planted & set(label_issues["image_id"]))
-        score["n_audited"] = n_audited
-        score["recall_audited"] = round(score["n_found"] / n_audited, 4) if n_audited else None
-        out["flipped_label"] = score
-
-    excluded = set(curated.loc[~curated["included"].astype(bool), "image_id"])
-    for kind, score in out.items():
-        items_of_kind = by_kind.get(kind.split(":")[0], [])
-        if ":" in kind:
-            items_of_kind = [it for it in items_of_kind if it.get("subtype") == kind.split(":", 1)[1]]
-        score["n_excluded"] = sum(it["path"] in excluded for it in items_of_kind)
-
-    # shortcuts (attribute names, not images)
-    if shortcuts is not None and isinstance(truth.get("shortcuts"), list):
-        rows = shortcuts.get("attributes", []) if isinstance(shortcuts, dict) else []
-        flagged_attrs = sorted(str(r["attribute"]) for r in rows if r.get("is_shortcut"))
-        score = _set_score(truth["shortcuts"], flagged_attrs)
-        score["flagged"] = flagged_attrs
-        out["shortcut"] = score
+def _score_outliers(
+    by_kind: dict[str, list[dict]], outliers: pd.DataFrame, defect_paths: set[str]
+) -> dict[str, dict]:
+    """Outliers overall and per planted subtype (a subtype's precision is over the kind it is
+    expected to be flagged as; a flag on a planted quality defect counts neither way)."""
+    out: dict[str, dict] = {}
+    o = outliers[outliers["is_outlier_issue"].astype(bool)]
+    flagged_kind = dict(zip(o["image_id"].astype(str), o["outlier_kind"].astype(str), strict=True))
+    subtype_of = {it["path"]: str(it.get("subtype", "")) for it in by_kind.get("outlier", [])}
+    out["outlier"] = _set_score(subtype_of, flagged_kind, ignore=defect_paths)
+    for subtype in sorted(set(subtype_of.values())):
+        kind = OUTLIER_KIND_OF_SUBTYPE.get(subtype, "atypical")
+        planted = [p for p, st in subtype_of.items() if st == subtype]
+        pool = [p for p, st in subtype_of.items() if OUTLIER_KIND_OF_SUBTYPE.get(st, "atypical") == kind]
+        found = [p for p in planted if p in flagged_kind]
+        as_kind = [p for p, k in flagged_kind.items() if k == kind]
+        score = _set_score(planted, as_kind, pool, defect_paths)
+        score["recall"], score["n_found"] = _ratio(len(found), len(planted)), len(found)
+        score["outlier_kind"] = kind
+        out[f"outlier:{subtype}"] = score
     return out
