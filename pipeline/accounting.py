@@ -35,6 +35,9 @@ def _ids(df: pd.DataFrame, name: str) -> pd.Series:
     return ids
 
 
+# Long on purpose: it reads as the list of rules a file's final state follows, in the order they
+# apply (manifest, curation, split, label issues); each rule is a few lines and splitting them would
+# scatter one decision over several functions.
 def final_states(
     manifest: pd.DataFrame,
     curated: pd.DataFrame,

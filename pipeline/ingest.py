@@ -74,6 +74,8 @@ _DELIMITERS = (",", ";", "\t", "|")
 # ------------------------------------------------------------------------------ labels table
 
 
+# Long on purpose: one pass over the CSV whose every check names the file and the row; the checks
+# share the reader's position (row numbers), which helpers would have to be handed one by one.
 def read_labels_table(path: str | Path, root: str | Path) -> pd.DataFrame:
     """Read and validate a labels table.
 

@@ -405,6 +405,8 @@ def choose_image_size(requested: int | str, table: pd.DataFrame, on_cuda: bool) 
     return size, f"auto: median short side {median} px, {device} cap {AUTO_SIZE_CAP[device]} px"
 
 
+# Long on purpose: the stage's one streaming pass (layout choice, per-split writes, train statistics,
+# meta) in order; the per-split work is _store_split, what remains is bookkeeping the caller reads.
 def build_processed(
     manifest: pd.DataFrame,
     curated: pd.DataFrame,

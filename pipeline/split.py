@@ -204,6 +204,8 @@ def _improve(cost: _Cost, assign: np.ndarray, rng: np.random.Generator) -> int:
     return n_changes
 
 
+# Long on purpose: the greedy assignment is one algorithm (units, class targets, the feasibility
+# check, the ordered placement, the repair pass) whose steps share its running counts.
 def assign_splits(
     table: pd.DataFrame,
     fractions: Mapping[str, float],
