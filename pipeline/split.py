@@ -204,8 +204,9 @@ def _improve(cost: _Cost, assign: np.ndarray, rng: np.random.Generator) -> int:
     return n_changes
 
 
-# Long on purpose: the greedy assignment is one algorithm (units, class targets, the feasibility
-# check, the ordered placement, the repair pass) whose steps share its running counts.
+# Long on purpose: one algorithm in order (leakage units, per-unit class counts, the feasibility check,
+# seeded restarts of greedy placement plus moves/swaps, the best kept); the steps share those counts
+# and the pieces that stand alone (_greedy, _improve, _Cost) already are functions.
 def assign_splits(
     table: pd.DataFrame,
     fractions: Mapping[str, float],
