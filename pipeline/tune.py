@@ -1,7 +1,7 @@
 """Hyperparameter search with Optuna, scored on the validation split only.
 
 Each trial draws values from ``tune.space`` with the TPE sampler (seeded), writes them into a copy
-of the params (:func:`pipeline.params.with_tuned`) and trains exactly as the train stage does
+of the params (:func:`with_tuned`) and trains exactly as the train stage does
 (same seed, initial weights, augmentation, dropped label issues, epochs and early stopping), so the
 best trial's validation score is what ``train`` gets with ``train.use_tuned: true``. A median
 pruner stops a trial whose monitored validation metric is below the median of earlier trials at
