@@ -520,6 +520,79 @@ def build_label_issue_table(
     return table[LABEL_ISSUE_COLUMNS]
 
 
+def auditor_strength(
+    labels: np.ndarray, pred_probs: np.ndarray, is_issue: np.ndarray, classes: Sequence[str], params: Any
+) -> dict[str, Any]:
+    """How far the audit can be trusted: a near-chance auditor, or one that flags a class wholesale,
+    says more about the auditor than about the labels.
+
+    Args:
+        labels: (N,) given class indices of the audited images.
+        pred_probs: (N, K) out-of-fold probabilities.
+        is_issue: (N,) cleanlab's verdict.
+        classes: Class names (K).
+        params: The ``label_issues`` params (``min_auditor_lift``, ``max_class_flag_share``).
+
+    Returns:
+        ``oof_balanced_accuracy``, ``chance`` (1/K), ``auditor_lift`` = (balanced accuracy - chance) /
+        (1 - chance), ``classes_flagged_wholesale`` (share of their audited images flagged above
+        ``max_class_flag_share``), ``is_auditor_weak`` and ``warnings`` (sentences for the log and report).
+    """
+    k = len(classes)
+    chance = 1.0 / k
+    present = [c for c in range(k) if (labels == c).any()]
+    recalls = [float((pred_probs[labels == c].argmax(axis=1) == c).mean()) for c in present]
+    bacc = float(np.mean(recalls)) if recalls else None
+    lift = (bacc - chance) / (1.0 - chance) if bacc is not None else None
+    shares = {classes[c]: float(is_issue[labels == c].mean()) for c in present}
+    wholesale = sorted(c for c, share in shares.items() if share > params.max_class_flag_share)
+    warnings_: list[str] = []
+    if lift is not None and lift < params.min_auditor_lift:
+        warnings_.append(
+            f"the auditor is weak: out-of-fold balanced accuracy {bacc:.3f} against chance {chance:.3f} "
+            f"(lift {lift:.2f} < label_issues.min_auditor_lift {params.min_auditor_lift}); its flags say more "
+            "about the auditor than about the labels"
+        )
+    for c in wholesale:
+        warnings_.append(
+            f"class {c!r} is flagged wholesale: {shares[c]:.0%} of its audited images "
+            f"(> label_issues.max_class_flag_share {params.max_class_flag_share}); the auditor has not learned it"
+        )
+    return {
+        "oof_balanced_accuracy": bacc,
+        "chance": chance,
+        "auditor_lift": lift,
+        "flagged_share_per_class": shares,
+        "classes_flagged_wholesale": wholesale,
+        "is_auditor_weak": bool(warnings_),
+        "warnings": warnings_,
+    }
+
+
+def check_drop(table: pd.DataFrame, n_train_audited: int, strength: dict[str, Any], params: Any) -> None:
+    """Refuse ``action: drop`` when it would remove more than ``max_drop_share`` of the audited train
+    images, or when the auditor is weak, unless ``allow_large_drop`` says so.
+
+    Raises:
+        InputError: Naming the counts, the reason and the override.
+    """
+    if params.action != "drop" or params.allow_large_drop:
+        return
+    n_drop = int(table["is_dropped"].sum())
+    share = n_drop / max(n_train_audited, 1)
+    if share > params.max_drop_share:
+        raise InputError(
+            f"label_issues.action: drop would remove {n_drop} of {n_train_audited} audited train images "
+            f"({share:.0%} > label_issues.max_drop_share {params.max_drop_share}); review "
+            "reports/label_issues.csv, or set label_issues.allow_large_drop: true to drop them anyway"
+        )
+    if n_drop and strength["is_auditor_weak"]:
+        raise InputError(
+            f"label_issues.action: drop refused: {strength['warnings'][0]}; set "
+            "label_issues.allow_large_drop: true to drop anyway"
+        )
+
+
 def summarize(
     table: pd.DataFrame,
     classes: Sequence[str],
@@ -528,8 +601,9 @@ def summarize(
     auditor: str,
     n_folds: int,
     seconds: float,
+    strength: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Metrics for ``metrics/label_issues.json``."""
+    """Metrics for ``metrics/label_issues.json`` (with :func:`auditor_strength`'s verdict when given)."""
     issues = table[table["is_label_issue"]]
     oof_acc = float((pred_probs.argmax(axis=1) == labels).mean()) if len(labels) else float("nan")
     return {
@@ -542,6 +616,7 @@ def summarize(
         "n_dropped": int(table["is_dropped"].sum()),
         "issues_per_class": {c: int((issues["given_label"] == c).sum()) for c in classes},
         "oof_accuracy": oof_acc,
+        **(strength or {}),
         "seconds": round(float(seconds), 2),
     }
 

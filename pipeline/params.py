@@ -466,6 +466,21 @@ class LabelIssuesParams(Section):
         default=0.01, description="Inverse L2 strength of the linear auditor's logistic regression."
     )
     n_top: PositiveInt = Field(default=24, description="Issues shown in reports/label_issues/top.png.")
+    min_auditor_lift: Fraction = Field(
+        default=0.2,
+        description="Below this out-of-fold (balanced accuracy - chance) / (1 - chance) the auditor is called weak.",
+    )
+    max_class_flag_share: Fraction = Field(
+        default=0.5,
+        description="A class with more of its audited images flagged than this is flagged wholesale.",
+    )
+    max_drop_share: Fraction = Field(
+        default=0.1,
+        description="action: drop refuses to drop more than this share of the audited train images.",
+    )
+    allow_large_drop: bool = Field(
+        default=False, description="Drop even past max_drop_share or with a weak auditor (explicit override)."
+    )
 
     @field_validator("splits")
     @classmethod

@@ -275,7 +275,11 @@ def _section_augmentation(a: AuditInputs) -> str:
 def _section_label_issues(a: AuditInputs) -> str:
     if a.label_issue_metrics is None:
         return _missing("metrics/label_issues.json")
-    out = [_kv(a.label_issue_metrics)]
+    out = [
+        f"<p class=warn><b>Warning:</b> {html.escape(w)}.</p>"
+        for w in a.label_issue_metrics.get("warnings", [])
+    ]
+    out.append(_kv(a.label_issue_metrics))
     if a.label_issue_sheet is not None:
         out.append(_img(png_data_uri(a.label_issue_sheet), "top-ranked label issues"))
     if a.label_issues is not None:

@@ -69,8 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     lookup = lambda i: np.asarray(data[where[i][0]][0][where[i][1]]) if i in where else None  # noqa: E731
     sheet = li.make_top_sheet(table, lookup, p.n_top)
     labels = index["label_index"].to_numpy(np.int64)
+    strength = li.auditor_strength(labels, pred, is_issue, classes, p)
+    for warning in strength["warnings"]:
+        logging.warning("label_issues: %s", warning)
+    li.check_drop(table, int((index["split"] == "train").sum()), strength, p)
     metrics = li.summarize(
-        table, classes, labels, pred, auditor, len(np.unique(folds)), time.perf_counter() - t0
+        table, classes, labels, pred, auditor, len(np.unique(folds)), time.perf_counter() - t0, strength
     )
 
     write_parquet(table, args.out)

@@ -257,3 +257,43 @@ def test_tiny_cnn_auditor_runs():
     assert pred.shape == (len(index), 3) and np.isfinite(pred).all()
     np.testing.assert_allclose(pred.sum(axis=1), 1.0, rtol=1e-5)
     assert ((quality >= 0) & (quality <= 1)).all()
+
+
+def test_a_near_chance_auditor_and_a_class_flagged_wholesale_are_called_out():
+    """Issue 17 item 9: a weak audit says so instead of presenting its flags as label errors."""
+    from pipeline.params import LabelIssuesParams
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], 100)
+    classes = ["a", "b", "c"]
+    strong = np.full((300, 3), 0.05)
+    strong[np.arange(300), labels] = 0.9
+    flags = np.zeros(300, bool)
+    flags[::50] = True
+    ok = li.auditor_strength(labels, strong, flags, classes, LabelIssuesParams())
+    assert not ok["is_auditor_weak"] and ok["warnings"] == [] and ok["auditor_lift"] == pytest.approx(1.0)
+
+    noise = rng.dirichlet([1, 1, 1], size=300)  # predictions unrelated to the labels
+    wholesale = flags | (labels == 2)
+    weak = li.auditor_strength(labels, noise, wholesale, classes, LabelIssuesParams())
+    assert weak["is_auditor_weak"] and weak["auditor_lift"] < 0.2
+    assert weak["classes_flagged_wholesale"] == ["c"]
+    assert any("auditor is weak" in w for w in weak["warnings"])
+    assert any("'c' is flagged wholesale" in w for w in weak["warnings"])
+
+
+def test_drop_refuses_a_large_share_or_a_weak_auditor_unless_overridden():
+    from pipeline.errors import InputError
+    from pipeline.params import LabelIssuesParams
+
+    table = pd.DataFrame({"is_dropped": [True] * 3 + [False] * 7})
+    fine = {"is_auditor_weak": False, "warnings": []}
+    weak = {"is_auditor_weak": True, "warnings": ["the auditor is weak: ..."]}
+    drop = LabelIssuesParams(action="drop")
+    with pytest.raises(InputError, match=r"drop would remove 3 of 10 .*max_drop_share 0.1.*allow_large_drop"):
+        li.check_drop(table, 10, fine, drop)
+    li.check_drop(table, 100, fine, drop)  # 3 % of the audited train images: allowed
+    with pytest.raises(InputError, match="drop refused: the auditor is weak"):
+        li.check_drop(table, 100, weak, drop)
+    li.check_drop(table, 10, weak, LabelIssuesParams(action="drop", allow_large_drop=True))
+    li.check_drop(table, 10, weak, LabelIssuesParams(action="flag"))  # flagging never refuses
