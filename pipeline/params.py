@@ -640,7 +640,8 @@ class EvaluateParams(Section):
         description="Binary tasks: the val sensitivity the operating threshold must reach; null = Youden's J.",
     )
     subgroups: list[str] = Field(
-        default_factory=list, description="Labels-table columns whose groups get their own test metrics."
+        default_factory=lambda: ["site", "sex", "age"],
+        description="Labels-table columns whose groups get their own test metrics (missing ones are noted).",
     )
     subgroup_bins: Annotated[int, Field(ge=2)] = Field(
         default=4, description="Quantile bins of a numeric subgroup column with more distinct values."

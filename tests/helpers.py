@@ -19,3 +19,15 @@ def huge_png_header(width: int = 100_000, height: int = 100_000) -> bytes:
         + chunk(b"IDAT", zlib.compress(b"\0" * 99))
         + chunk(b"IEND", b"")
     )
+
+
+def default_params() -> dict:
+    """The shipped defaults on the demo data, as a ``params.yaml`` mapping.
+
+    Tests build their params from this, never from the workspace's ``params.yaml``: a user may have
+    pointed that at their own data (``tests/test_params.py`` checks the shipped file equals these).
+    """
+    from pipeline.params import DataParams, Params
+
+    data = DataParams(root="data/demo", labels="data/demo/labels.csv", truth="data/demo/truth.json")
+    return Params(data=data).model_dump(mode="json")

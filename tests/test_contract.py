@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -156,3 +157,15 @@ def test_readme_quick_start_has_the_two_commands():
         line.split("#")[0].strip() for line in quick.split("```bash", 1)[1].split("```", 1)[0].splitlines()
     ]
     assert [c for c in commands if c] == ["make repro", "make test"]
+
+
+def test_tests_do_not_read_the_workspace_params():
+    """The workspace params.yaml may point at the user's own data; tests build theirs from
+    tests.helpers.default_params. Only the tests of the file itself read it."""
+    readers = re.compile(r"""(ROOT|REPO|repo)\s*/\s*"params\.yaml"|load_params\(\s*"params\.yaml"\s*\)""")
+    offenders = [
+        p.name
+        for p in sorted((ROOT / "tests").glob("test_*.py"))
+        if p.name not in ("test_params.py", "test_contract.py") and readers.search(p.read_text())
+    ]
+    assert not offenders, f"tests that read the workspace params.yaml: {offenders}"

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from pipeline.report import SECTIONS
+from tests.helpers import default_params
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -62,7 +63,7 @@ def _make_project(dest: Path) -> Path:
     for name in ("pipeline", "stages"):
         shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", dest / "dvc.yaml")
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = default_params()
     (dest / "params.yaml").write_text(yaml.safe_dump(_deep_update(params, TINY), sort_keys=False))
     env = _env()
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True, env=env)

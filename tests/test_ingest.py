@@ -19,8 +19,8 @@ import pipeline.io
 from pipeline.contract import MANIFEST_COLUMNS
 from pipeline.errors import InputError
 from pipeline.ingest import REASONS, ingest, read_labels_table, scan_files
-from pipeline.params import ExecutorParams, IngestParams, load_params, parse_params
-from tests.helpers import huge_png_header
+from pipeline.params import ExecutorParams, IngestParams, parse_params
+from tests.helpers import default_params, huge_png_header
 
 RNG = np.random.default_rng(1)
 
@@ -319,11 +319,6 @@ def test_ingest_params_errors_name_the_key(ingest_section: dict, match: str):
         parse_params(raw, source="params.yaml")
 
 
-def test_ingest_params_defaults_match_params_yaml():
-    repo = Path(__file__).resolve().parents[1]
-    assert load_params(repo / "params.yaml").ingest == IngestParams()
-
-
 # ------------------------------------------------------------------------------ the stage
 
 
@@ -331,8 +326,7 @@ def test_stage_writes_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from stages.ingest import main
 
     make_dataset(tmp_path / "data")
-    repo = Path(__file__).resolve().parents[1]
-    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    raw = default_params()
     raw["data"] = {"root": "data", "labels": "data/labels.csv", "truth": None}
     raw["executor"] = {"kind": "process", "n_workers": 2, "chunk_size": 4, "address": None}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
@@ -360,7 +354,7 @@ def test_stage_reports_an_empty_root_in_one_line(tmp_path):
     import sys
 
     repo = Path(__file__).resolve().parents[1]
-    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params = default_params()
     params["data"] = {"root": str(tmp_path / "empty"), "labels": None, "truth": None}
     (tmp_path / "empty").mkdir()
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(params))

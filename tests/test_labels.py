@@ -18,6 +18,7 @@ from pipeline.errors import InputError
 from pipeline.ingest import ingest, read_labels_table
 from pipeline.labels import label_key, resolve_label_variants
 from pipeline.params import IngestParams, parse_params
+from tests.helpers import default_params
 
 REPO = Path(__file__).resolve().parents[1]
 RNG = np.random.default_rng(5)
@@ -110,7 +111,7 @@ def test_resolve_ignores_missing_values_and_distinct_labels():
 
 
 def _stage_params(tmp_path: Path, root: str, labels: str | None, **sections) -> Path:
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw = default_params()
     raw["data"] = {"root": root, "labels": labels, "truth": None}
     raw["executor"] = {"kind": "process", "n_workers": 1, "chunk_size": 4, "address": None}
     for key, value in sections.items():
@@ -236,14 +237,14 @@ def test_a_truth_path_to_no_file_is_an_error(tmp_path: Path):
     ],
 )
 def test_params_that_must_not_pass(section: str, key: str, value, match: str):
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw = default_params()
     raw[section][key] = value
     with pytest.raises(ValueError, match=match):
         parse_params(raw, source="params.yaml")
 
 
 def test_bad_params_stop_a_stage_in_one_line(tmp_path: Path):
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw = default_params()
     raw["ingest"]["max_file_mb"] = float("inf")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     outs = ["--manifest", "m", "--features", "f", "--rejected", "r", "--metrics", "j"]

@@ -11,8 +11,9 @@ import pytest
 
 from pipeline.contract import QUALITY_ISSUES, flag_col, score_col
 from pipeline.features import compute_features
-from pipeline.params import EXCLUDABLE_ISSUES, CurateParams, QualityParams, load_params
+from pipeline.params import EXCLUDABLE_ISSUES, CurateParams, QualityParams
 from pipeline.quality import CHECKS, find_low_quality
+from tests.helpers import default_params
 
 PARAMS = QualityParams()
 
@@ -180,7 +181,7 @@ def test_stage_writes_outputs(tmp_path):
                      "channels": 0, "bit_depth": 0, "status": "rejected"})  # fmt: skip
     write_parquet(pd.DataFrame(rows), tmp_path / "features.parquet")
     write_parquet(pd.DataFrame(manifest), tmp_path / "manifest.parquet")
-    params = load_params("params.yaml").model_dump()
+    params = default_params()
     params["data"]["root"] = str(root)
     (tmp_path / "params.yaml").write_text(json.dumps(params))
     rc = stage.main([

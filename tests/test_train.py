@@ -27,6 +27,7 @@ from pipeline.models import build_model
 from pipeline.normalize import fit_normalizer
 from pipeline.params import AugmentParams, load_params
 from pipeline.processed import Normalizer
+from tests.helpers import default_params
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["effusion", "nodule", "normal"]
@@ -249,7 +250,7 @@ def _processed_dir(tmp_path: Path) -> Path:
 
 
 def _params(tmp_path: Path, **train) -> Path:
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw = default_params()
     raw["model"].update(width=4)
     raw["train"].update(dict(epochs=3, batch_size=16, device="cpu", patience=2), **train)
     raw["evaluate"].update(n_bootstrap=50)

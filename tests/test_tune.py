@@ -12,10 +12,11 @@ import yaml
 from test_train import _params, _processed_dir, _train_args
 
 from pipeline.errors import InputError
-from pipeline.params import TuneParams, load_params
+from pipeline.params import Params, TuneParams, load_params
 from pipeline.tune import with_tuned
 from stages import train as train_stage
 from stages import tune as tune_stage
+from tests.helpers import default_params
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -91,7 +92,7 @@ def test_search_space_and_tuned_values_are_validated() -> None:
         TuneParams(space={"lr": {"low": 0.1, "high": 0.01}})
     with pytest.raises(ValueError, match="log range needs low > 0"):
         TuneParams(space={"dropout": {"low": 0.0, "high": 0.5, "log": True}})
-    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    params = Params.model_validate(default_params())
     tuned = with_tuned(params, {"lr": 0.01, "batch_size": 64.0, "dropout": 0.3, "mixup_alpha": 0.1})
     assert (tuned.train.lr, tuned.train.batch_size, tuned.model.dropout, tuned.augment.mixup_alpha) == (
         0.01, 64, 0.3, 0.1,
