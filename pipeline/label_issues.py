@@ -46,7 +46,7 @@ from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
 from pipeline.errors import InputError
-from pipeline.params import Params
+from pipeline.params import LabelIssuesParams, Params
 from pipeline.processed import Normalizer
 
 if TYPE_CHECKING:  # torch stays out of the import when the linear auditor is used
@@ -521,7 +521,11 @@ def build_label_issue_table(
 
 
 def auditor_strength(
-    labels: np.ndarray, pred_probs: np.ndarray, is_issue: np.ndarray, classes: Sequence[str], params: Any
+    labels: np.ndarray,
+    pred_probs: np.ndarray,
+    is_issue: np.ndarray,
+    classes: Sequence[str],
+    params: LabelIssuesParams,
 ) -> dict[str, Any]:
     """How far the audit can be trusted: a near-chance auditor, or one that flags a class wholesale,
     says more about the auditor than about the labels.
@@ -569,7 +573,9 @@ def auditor_strength(
     }
 
 
-def check_drop(table: pd.DataFrame, n_train_audited: int, strength: dict[str, Any], params: Any) -> None:
+def check_drop(
+    table: pd.DataFrame, n_train_audited: int, strength: dict[str, Any], params: LabelIssuesParams
+) -> None:
     """Refuse ``action: drop`` when it would remove more than ``max_drop_share`` of the audited train
     images, or when the auditor is weak, unless ``allow_large_drop`` says so.
 

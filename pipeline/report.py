@@ -468,8 +468,9 @@ def _section_subgroups(a: AuditInputs) -> str:
     if a.subgroups is None:
         return _missing("metrics/subgroups.json")
     s = a.subgroups
+    level = f"{100 * s.get('ci_level', 0.95):.0f}%"
     out = [
-        "<p>The test metrics per group of the columns in <code>evaluate.subgroups</code>, with 95% "
+        f"<p>The test metrics per group of the columns in <code>evaluate.subgroups</code>, with {level} "
         "intervals by patient bootstrap and the gap to the whole test set.</p>"
     ]
     for note in s.get("notes", []):
@@ -503,7 +504,7 @@ def _section_subgroups(a: AuditInputs) -> str:
                 hi = np.array([g["balanced_accuracy"]["ci_high"] or np.nan for g in sized], float)
                 ax.errorbar(val, range(len(sized)), xerr=[val - lo, hi - val], fmt="o", capsize=3)
                 ax.set_yticks(range(len(sized)), names, fontsize=7)
-                ax.set_xlabel("balanced accuracy (95% CI)")
+                ax.set_xlabel(f"balanced accuracy ({level} CI)")
 
             out.append(
                 _img(_figure_uri(draw, (6.0, 0.35 * len(sized) + 1.0)), "balanced accuracy per subgroup")

@@ -118,6 +118,7 @@ def evaluate_subgroups(
         "columns": used,
         "missing_columns": missing,
         "metrics": list(MAIN_METRICS),
+        "ci_level": ci_level,
         "groups": groups,
         "worst_group": None
         if worst is None
