@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# First, as in a stage process: idle OpenMP threads sleep rather than spin-wait (stages/__init__.py),
+# so the suite costs its fair share of a machine that other jobs share.
+import stages  # noqa: F401  isort: skip
 from pipeline.demo import generate_demo
 from pipeline.params import DemoParams
 
