@@ -212,3 +212,31 @@ def pairs_sheet(
                 f"pair {k}: {verdict}\nsim {row.similarity:.3f} dist {row.distance}\n{Path(image_id).name}"
             )
     return make_contact_sheet(images, captions, tile_px=128, n_cols=6)
+
+
+def thumbnail(image: np.ndarray, size_px: int = 128) -> np.ndarray:
+    """A display copy whose longer side is ``size_px`` (aspect ratio kept, no padding), uint8 RGB."""
+    img = to_display_uint8(image)
+    h, w = img.shape[:2]
+    scale = size_px / max(h, w, 1)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    return cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_NEAREST)
+
+
+def read_thumbnails(
+    image_ids: Sequence[str],
+    paths: Mapping[str, str],
+    root: str | Path,
+    max_pixels: int,
+    multi_frame: str = "first",
+    size_px: int = 128,
+) -> dict[str, np.ndarray]:
+    """image_id -> :func:`thumbnail` of the file, for the ids in ``paths`` that still decode."""
+    out = {}
+    for image_id in dict.fromkeys(image_ids):
+        if (
+            image_id in paths
+            and (pixels := read_for_sheet(Path(root) / paths[image_id], max_pixels, multi_frame)) is not None
+        ):
+            out[image_id] = thumbnail(pixels, size_px)
+    return out
