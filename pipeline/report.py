@@ -405,9 +405,12 @@ def _section_split(a: AuditInputs) -> str:
 def _section_normalization(a: AuditInputs) -> str:
     if a.normalizer is None:
         return _missing("data/processed/normalizer.json")
+    mode = str(a.normalizer.get("mode"))
+    formula = words.NORMALIZER_MODES.get(mode, "")
     out = [
-        "<p>Fitted on the train split only, applied unchanged to val and test: a network input is "
-        "(raw value &minus; mean) / std after clipping to [low, high] (values in the raw pixel scale).</p>",
+        "<p>Fitted on the train split only, applied unchanged to val and test. Mode "
+        f"<b>{html.escape(mode)}</b>: a network input is {html.escape(formula)} (statistics in the raw pixel "
+        "scale).</p>",
         _kv(a.normalizer, words.NORMALIZER),
     ]
     nm = a.normalize_metrics
@@ -642,7 +645,7 @@ def _section_outliers(a: AuditInputs) -> str:
         "dataset's own images says which way up it is, and undoing that makes the image typical). "
         "Scores are in [0, 1], lower is worse; flagged images are kept unless "
         "<code>curate.exclude_issues</code> lists <code>outlier</code>.</p>",
-        _kv({k: v for k, v in m.items() if k != "orientation_accuracy"}),
+        _kv({k: v for k, v in m.items() if k != "orientation_accuracy"}, words.OUTLIERS),
     ]
     acc = m.get("orientation_accuracy") or {}
     if acc:

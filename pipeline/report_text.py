@@ -98,9 +98,9 @@ NORMALIZER = {
     "n_pixels": "pixels counted (per channel)",
     "channels": "colour channels (1 gray, 3 RGB)",
     "max_value": "largest raw pixel value of the stored dtype",
-    "percentile_range": "intensity percentiles used as clipping bounds",
-    "low": "raw value at the lower clipping percentile, per channel",
-    "high": "raw value at the upper clipping percentile, per channel",
+    "percentile_range": "the percentiles that give low and high",
+    "low": "raw value at the lower percentile, per channel (the window's floor in percentile mode)",
+    "high": "raw value at the upper percentile, per channel (the window's ceiling in percentile mode)",
     "mean": "mean raw pixel value per channel, subtracted",
     "std": "standard deviation per channel, divided by",
     "image_size": "side of the square arrays the network sees, in pixels",
@@ -109,6 +109,22 @@ NORMALIZER = {
     "dtype": "stored array type",
     "bytes": "size of the stored arrays",
     "n_classes": "number of classes",
+}
+
+NORMALIZER_MODES = {
+    "scale01": "raw value / max_value, in [0, 1]",
+    "center": "(raw value - mean) / max_value: the train mean removed, the unit scale kept",
+    "standardize": "(raw value - mean) / std, with the train mean and std per channel",
+    "percentile": "(clip(raw value, low, high) - low) / (high - low), in [0, 1]: a fixed intensity window",
+    "per_image_zscore": "(raw value - image mean) / image std, per image; nothing from train is used",
+}
+
+OUTLIERS = {
+    "n_images": "images considered",
+    "n_scored": "images with a score (the others could not be measured)",
+    "n_flagged": "images flagged as not belonging",
+    "flagged_by_kind": "flagged images per kind (atypical, rotated, mirrored, inverted)",
+    "seconds": "time the check took",
 }
 
 LABEL_ISSUES = {
