@@ -346,3 +346,58 @@ def test_real_data_page_has_no_demo_truth_and_no_empty_section(tmp_path):
     assert seen["sections"] == [s for s in ALL_SECTIONS if s != "demo_truth"]
     assert seen["empty_sections"] == [] and seen["broken_links"] == []
     assert seen["caption_overflow"] == [] and seen["overlapping"] == []
+
+
+def _section(page: str, sid: str) -> str:
+    start = page.index(f'<section id="{sid}">')
+    return page[start : page.index("</section>", start)]
+
+
+def test_summary_says_what_was_wrong_in_sentences_with_counts():
+    """Issue 17 item 11: counts in sentences, each linking to its section, warnings of other stages included."""
+    inputs = _full_inputs()
+    inputs.dedup_metrics = {"n_exact": 3, "n_near": 64, "n_clusters": 40, "n_cross_patient_clusters": 3,
+                            "n_label_conflict_clusters": 0}  # fmt: skip
+    inputs.label_issue_metrics = {"n_audited": 900, "n_issues": 65, "n_dropped": 0,
+                                  "warnings": ["out-of-fold balanced accuracy 0.52 is near chance"]}  # fmt: skip
+    summary = _section(build_report(inputs), "summary")
+    for sentence, target in [
+        ("2 of 10 files could not be used: 2 truncated.", "rejected"),
+        ("3 exact duplicates and 64 near-duplicates in 40 clusters", "duplicates"),
+        ("3 image clusters filed under two or more patient ids", "duplicates"),
+        ("65 likely label errors among 900 audited images", "label_issues"),
+        ("Label audit: out-of-fold balanced accuracy 0.52 is near chance.", "label_issues"),
+        ("1 image may not belong to this dataset (1 rotated)", "outliers"),
+        ("Worst subgroup: site = a, balanced accuracy 0.600 [0.500, 0.700], 0.200 below", "subgroups"),
+    ]:
+        item = summary[summary.index(sentence) :]
+        assert item.index(f'href="#{target}"') < item.index("</li>"), sentence
+    assert "conflicting labels" not in summary  # a zero count is not a finding
+
+
+def test_numbers_are_explained_not_dumped():
+    """Issue 17 item 12: no NaN, no dict text, the id shown once when it is the path, ECE explained."""
+    inputs = _full_inputs()
+    inputs.rejected = pd.DataFrame({"image_id": ["a.png"], "path": ["a.png"], "reason": ["truncated"]})
+    inputs.demo_truth = {"dark": {"precision": None, "recall": 1.0, "n_planted": 0, "n_flagged": 0},
+                         "flipped_label": {"precision": 0.75, "recall": 0.7, "recall_audited": 0.85}}  # fmt: skip
+    inputs.split_metrics = {"splits": {"train": {"images": 5, "patients": 3, "class_counts": {"a": 3, "b": 2},
+                                                 "class_proportions": {"a": 0.6, "b": 0.4}}},
+                            "max_abs_deviation": 0.01, "leaking_groups": 0}  # fmt: skip
+    page = build_report(inputs)
+    assert "NaN" not in page and "nan<" not in page
+    assert "images: 5" not in page and "a: 3, b: 2" not in page  # no dict printed as run-on text
+    rejected = _section(page, "rejected")
+    assert rejected.count("a.png") == 1 and "the file ends early" in rejected
+    assert "3 (60.0%)" in _section(page, "split")
+    assert "expected calibration error" in _section(page, "test_metrics")
+    assert "recall over the planted flips" in _section(page, "demo_truth")
+
+
+def test_label_issue_pictures_follow_the_rank():
+    inputs = _full_inputs()
+    inputs.label_issues = inputs.label_issues.iloc[::-1]  # the file's row order must not matter
+    section = _section(build_report(inputs), "label_issues")
+    assert section.index("#1") < section.index("#2")
+    first = section[section.index("#1") : section.index("#2")]
+    assert 'title="x"' in first and "given <b>a</b>" in first and "label quality 0.00" in first
