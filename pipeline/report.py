@@ -609,6 +609,8 @@ def _section_demo_truth(a: AuditInputs) -> str:
     if not kinds:
         return "<p>No ground truth for this dataset (only the demo data has one).</p>"
     table = pd.DataFrame(kinds).T.reset_index(names="planted kind")
+    # undefined ratios are null in the JSON; lists (the flagged attributes) read as one line of text
+    table = table.map(lambda v: ", ".join(map(str, v)) if isinstance(v, list) else "–" if v is None else v)
     table = table[["planted kind", *[c for c in words.TRUTH_COLUMNS if c in table.columns],
                    *[c for c in table.columns if c not in words.TRUTH_COLUMNS and c != "planted kind"]]]  # fmt: skip
     legend = "; ".join(

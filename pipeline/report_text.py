@@ -178,6 +178,8 @@ TRUTH_COLUMNS = {
     "n_excluded": "planted problems excluded from training",
     "n_audited": "planted flips in the audited splits",
     "n_flagged_other_planted": "flags on images planted as another kind (left out of precision)",
+    "outlier_kind": "the outlier kind whose flags this subtype is scored against",
+    "flagged": "the attributes the shortcut audit flagged",
 }
 
 

@@ -392,6 +392,7 @@ def test_numbers_are_explained_not_dumped():
     assert "3 (60.0%)" in _section(page, "split")
     assert "expected calibration error" in _section(page, "test_metrics")
     assert "recall over the planted flips" in _section(page, "demo_truth")
+    assert ">None<" not in _section(page, "demo_truth")
 
 
 def test_label_issue_pictures_follow_the_rank():
