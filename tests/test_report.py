@@ -380,7 +380,10 @@ def test_numbers_are_explained_not_dumped():
     inputs = _full_inputs()
     inputs.rejected = pd.DataFrame({"image_id": ["a.png"], "path": ["a.png"], "reason": ["truncated"]})
     inputs.demo_truth = {"dark": {"precision": None, "recall": 1.0, "n_planted": 0, "n_flagged": 0},
-                         "flipped_label": {"precision": 0.75, "recall": 0.7, "recall_audited": 0.85}}  # fmt: skip
+                         "flipped_label": {"precision": 0.75, "recall": 0.7, "recall_audited": 0.85},
+                         "outlier:mirrored": {"n_planted": 10, "outlier_kind": "mirrored", "precision": None,
+                                              "recall": 0.0},
+                         "shortcut": {"precision": 1.0, "recall": 1.0, "flagged": ["site", "border_only"]}}  # fmt: skip
     inputs.split_metrics = {"splits": {"train": {"images": 5, "patients": 3, "class_counts": {"a": 3, "b": 2},
                                                  "class_proportions": {"a": 0.6, "b": 0.4}}},
                             "max_abs_deviation": 0.01, "leaking_groups": 0}  # fmt: skip
