@@ -38,6 +38,7 @@ STAGE_LOGIC = {
     "calibration": "evaluate",
     "subgroups": "evaluate",
     "report": "report",
+    "report_text": "report",
 }
 
 # module -> what it provides

@@ -700,7 +700,8 @@ def make_top_sheet(
     tile_px: int = 128,
     n_cols: int = 6,
 ) -> np.ndarray:
-    """Contact sheet of the top-ranked issues, captioned ``given -> suggested``.
+    """Contact sheet of the top-ranked issues in the table's order, captioned ``#<rank> <file name>``
+    over ``given -> suggested``.
 
     Args:
         table: From :func:`build_label_issue_table` (sorted by rank).
@@ -723,5 +724,6 @@ def make_top_sheet(
         if img is None:
             continue
         images.append(img)
-        captions.append(f"{row.given_label} -> {row.suggested_label}")
+        name = str(row.image_id).rsplit("/", 1)[-1]
+        captions.append(f"#{row.rank} {name}\n{row.given_label} -> {row.suggested_label}")
     return make_contact_sheet(images, captions, tile_px=tile_px, n_cols=n_cols)

@@ -657,7 +657,9 @@ class EvaluateParams(Section):
 class ReportParams(Section):
     """The HTML audit report."""
 
-    n_gallery: PositiveInt = Field(default=24, description="Rows of each long table shown in the report.")
+    n_gallery: PositiveInt = Field(
+        default=24, description="Label issues and candidate duplicate pairs shown as pictures in the report."
+    )
 
 
 class Params(Section):

@@ -1,8 +1,10 @@
 """The audit report: one self-contained HTML page that a curator reads top to bottom.
 
 Images are inlined as base64 PNG, charts are drawn with matplotlib into inline PNGs, and no
-script, stylesheet or font is fetched, so the page opens offline. Every section is always
-present; a section whose stage produced nothing says so instead of disappearing.
+script, stylesheet or font is fetched, so the page opens offline. The page opens with a summary in
+plain sentences (:func:`pipeline.report_text.summarize`), each linking to its section; every number
+below is shown beside what it means. Every section is always present (the demo ground truth only
+when the data has one); a section whose stage produced nothing says so instead of disappearing.
 
 The page is built from an :class:`AuditInputs` bundle (tables, metrics dicts and images already
 loaded) so that this module does no file I/O and is easy to test.
@@ -20,6 +22,8 @@ from typing import Any
 import cv2
 import numpy as np
 import pandas as pd
+
+from pipeline import report_text as words
 
 SECTIONS = (
     ("accounting", "Input accounting"),
@@ -76,6 +80,12 @@ class AuditInputs:
     shortcut_metrics: dict | None = None
     shortcut_sheets: dict[str, np.ndarray] = field(default_factory=dict)
     subgroups: dict | None = None
+    dedup_pairs: pd.DataFrame | None = None
+    """Candidate pairs to show side by side (``reports/dedup/pairs.csv`` rows, most useful first)."""
+    thumbnails: dict[str, np.ndarray] = field(default_factory=dict)
+    """image_id -> small uint8 RGB picture, for the duplicate pairs and the label issues."""
+    has_truth: bool = True
+    """False for real data (``data.truth: null``): the demo ground-truth section is left out."""
     n_gallery: int = 24
 
 
@@ -117,17 +127,49 @@ def _img(uri: str, alt: str) -> str:
     return f'<img src="{uri}" alt="{html.escape(alt)}">'
 
 
-def _table(df: pd.DataFrame, max_rows: int = 50) -> str:
+def _table(df: pd.DataFrame, max_rows: int = 50, na_rep: str = "–") -> str:
     shown = df.head(max_rows)
+    if {"image_id", "path"} <= set(shown.columns) and (shown["image_id"] == shown["path"]).all():
+        shown = shown.drop(columns="path")  # the id is the path: one column says it
     more = f"<p class=note>{len(df) - max_rows} more rows not shown.</p>" if len(df) > max_rows else ""
-    return shown.to_html(index=False, border=0, classes="tbl", float_format=lambda v: f"{v:.4g}") + more
-
-
-def _kv(d: dict) -> str:
-    rows = "".join(
-        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in d.items()
+    return (
+        shown.to_html(index=False, border=0, classes="tbl", float_format=lambda v: f"{v:.4g}", na_rep=na_rep)
+        + more
     )
-    return f"<table class=tbl>{rows}</table>"
+
+
+def _kv(d: dict, meanings: dict[str, str] | None = None) -> str:
+    """Key-value table; a nested dict becomes a small table in its cell, never run-on text. With
+    ``meanings``, a third column says what each key means."""
+    rows = []
+    for k, v in d.items():
+        cell = _kv(v) if isinstance(v, dict) and v else html.escape(_fmt(v))
+        meaning = f"<td class=note>{html.escape(meanings.get(k, ''))}</td>" if meanings is not None else ""
+        rows.append(f"<tr><th>{html.escape(str(k))}</th><td>{cell}</td>{meaning}</tr>")
+    head = "<tr><th>key</th><th>value</th><th>meaning</th></tr>" if meanings is not None else ""
+    return f"<table class=tbl>{head}{''.join(rows)}</table>"
+
+
+def _thumb(image_id: str, a: AuditInputs) -> str:
+    """One picture captioned with its file name, both inside one fixed-width box (captions wrap, so
+    they never run into the neighbouring picture); the full image_id is the tooltip."""
+    img = a.thumbnails.get(image_id)
+    pic = (
+        f'<img src="{png_data_uri(img)}" width="{img.shape[1]}" height="{img.shape[0]}" '
+        f'alt="{html.escape(image_id)}">'
+        if img is not None
+        else "<div class=noimg>not readable now</div>"
+    )
+    name = html.escape(str(image_id).rsplit("/", 1)[-1])
+    return (
+        f'<figure class=thumb title="{html.escape(image_id)}">{pic}<figcaption>{name}</figcaption></figure>'
+    )
+
+
+def _card(head: str, pictures: str, facts: list[str]) -> str:
+    """A box holding a heading, one or two captioned pictures and a few explained facts."""
+    lines = "".join(f"<div>{f}</div>" for f in facts)
+    return f"<div class=card><div class=card-head>{head}</div>{pictures}<div class=facts>{lines}</div></div>"
 
 
 def _fmt(v: Any) -> str:
@@ -149,16 +191,26 @@ def _section_accounting(a: AuditInputs) -> str:
         return _missing("metrics/accounting.json")
     acc = a.accounting
     excluded = acc.get("n_excluded", {})
-    rows = [("files found", acc.get("n_files")), ("rejected at ingest", acc.get("n_rejected"))]
-    rows += [(f"excluded: {r}", n) for r, n in sorted(excluded.items())]
-    rows += [("train", acc.get("n_train")), ("val", acc.get("n_val")), ("test", acc.get("n_test"))]
+    rows = [
+        ("files found", acc.get("n_files"), "every file under the data root"),
+        ("rejected at ingest", acc.get("n_rejected"), "could not be used at all (see Rejected files)"),
+    ]
+    rows += [(f"excluded: {r}", n, words.reason_meaning(r)) for r, n in sorted(excluded.items())]
+    rows += [
+        ("train", acc.get("n_train"), "used to fit the model and the normalization"),
+        ("val", acc.get("n_val"), "used to choose the epoch, calibration and threshold"),
+        ("test", acc.get("n_test"), "evaluated once, at the end"),
+    ]
     total = (
         (acc.get("n_rejected") or 0)
         + sum(excluded.values())
         + sum(acc.get(k) or 0 for k in ("n_train", "n_val", "n_test"))
     )
     adds_up = total == acc.get("n_files")
-    body = "".join(f"<tr><th>{html.escape(k)}</th><td>{v}</td></tr>" for k, v in rows)
+    body = "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{v}</td><td class=note>{html.escape(m)}</td></tr>"
+        for k, v, m in rows
+    )
     verdict = "adds up" if adds_up else "DOES NOT ADD UP"
     return (
         f"<p>Every input file ends in exactly one final state. Sum of states = {total}; "
@@ -173,14 +225,37 @@ def _section_rejected(a: AuditInputs) -> str:
     if a.rejected.empty:
         return "<p>No file was rejected at ingest.</p>"
     counts = a.rejected["reason"].value_counts().rename_axis("reason").reset_index(name="n_files")
-    return _table(counts) + _table(a.rejected, max_rows=100)
+    counts["meaning"] = counts["reason"].map(words.reason_meaning)
+    return (
+        "<p>Files that could not be used at all, counted by reason, then one row per file.</p>"
+        + _table(counts)
+        + _table(a.rejected, max_rows=100)
+    )
 
 
 def _section_quality(a: AuditInputs) -> str:
     if a.quality_metrics is None:
         return _missing("metrics/quality.json")
     flagged = a.quality_metrics.get("flagged", {})
-    out = [f"<p>{a.quality_metrics.get('n_images')} images scored. Flagged per issue:</p>", _kv(flagged)]
+    excluded = words.accounting_counts(a).get("n_excluded") or {}
+    rows = [
+        {
+            "issue": issue,
+            "flagged": n,
+            "excluded": sum(v for r, v in excluded.items() if r.startswith("low_quality:") and issue in r[12:].split("+")),
+            "meaning": words.QUALITY.get(issue, ""),
+        }
+        for issue, n in flagged.items()
+    ]  # fmt: skip
+    out = [
+        f"<p>{a.quality_metrics.get('n_images')} images scored, each measure relative to this dataset's own "
+        "images. <i>flagged</i>: images past the issue's threshold; <i>excluded</i>: images left out for it "
+        "(<code>curate.exclude_issues</code>; an image can carry several issues).</p>",
+        _table(pd.DataFrame(rows)) if rows else "",
+        "<p class=note>Gallery captions: <b>score</b> is the issue score in [0, 1], lower is worse; 0.00 means "
+        "the most extreme image of this dataset on that measure (not a missing value); then the file name. "
+        "Worst first.</p>",
+    ]
     for issue in sorted(flagged):
         out.append(f"<h3>{html.escape(issue)} ({flagged[issue]} flagged)</h3>")
         sheet = a.quality_sheets.get(issue)
@@ -194,18 +269,64 @@ def _section_quality(a: AuditInputs) -> str:
 def _section_duplicates(a: AuditInputs) -> str:
     if a.dedup_metrics is None:
         return _missing("metrics/dedup.json")
-    out = [_kv(a.dedup_metrics)]
+    out = [
+        "<p>Candidates are pairs whose perceptual hashes differ in few bits; each is confirmed or rejected "
+        "by comparing the aligned pixels. Copies form clusters; one image per cluster is kept.</p>",
+        _kv(a.dedup_metrics, words.DEDUP),
+    ]
     if a.duplicates is not None and not a.duplicates.empty:
         d = a.duplicates
         flags = [c for c in ("is_cross_patient", "is_label_conflict") if c in d.columns]
         if flags:
             flagged = d[d[flags].any(axis=1)]
             out.append(f"<h3>Flagged clusters ({flagged['cluster_id'].nunique()})</h3>")
+            out.append(
+                "<p class=note>One row per image of a cluster whose copies sit under different patient ids "
+                "(<i>is_cross_patient</i>) or carry different labels (<i>is_label_conflict</i>). <i>kind</i>: exact "
+                "(byte- or pixel-identical) or near; <i>is_representative</i>: the copy that is kept; "
+                "<i>distance</i>: differing hash bits to the kept copy; <i>similarity</i>: aligned pixel "
+                "correlation with it (1 = identical).</p>"
+            )
             out.append(_table(flagged.sort_values(["cluster_id", "image_id"]), max_rows=60))
-    if a.dedup_sheet is not None:
-        out.append("<h3>Duplicate pairs side by side</h3>")
-        out.append(_img(png_data_uri(a.dedup_sheet), "duplicate pairs"))
+    out.append(_pairs(a))
     return "".join(out)
+
+
+def _pairs(a: AuditInputs) -> str:
+    """Candidate pairs side by side, as a table: the two pictures and what the check said."""
+    p = a.dedup_pairs
+    if p is None or p.empty or not a.thumbnails:
+        if a.dedup_sheet is None:
+            return ""
+        return (
+            "<h3>Duplicate pairs side by side</h3><p class=note>Neighbouring tiles are one pair. Caption: "
+            "<b>copy</b> (confirmed near duplicate) or <b>not copy</b> (a candidate the pixel check rejected), "
+            "<b>sim</b> aligned pixel correlation (1 = identical), <b>dist</b> differing hash bits, file name.</p>"
+            + _img(png_data_uri(a.dedup_sheet), "duplicate pairs")
+        )
+    cards = []
+    for k, r in enumerate(p.itertuples(index=False), start=1):
+        verdict = "copy" if r.is_confirmed else "not a copy"
+        pa, pb = html.escape(str(r.patient_id_a)), html.escape(str(r.patient_id_b))
+        patients = f"same patient ({pa})" if pa == pb else f"<b class=bad>different patients</b> ({pa}, {pb})"
+        la, lb = html.escape(str(r.label_a)), html.escape(str(r.label_b))
+        labels = f"label {la}" if la == lb else f"<b class=bad>different labels</b> ({la}, {lb})"
+        cards.append(
+            _card(
+                f"pair {k}: <b class={'bad' if r.is_confirmed else 'ok'}>{verdict}</b>",
+                _thumb(r.image_id_a, a) + _thumb(r.image_id_b, a),
+                [f"similarity {r.similarity:.3f}, hash distance {r.distance}", patients, labels],
+            )
+        )
+    return (
+        f"<h3>Candidate pairs side by side ({len(p)})</h3>"
+        "<p class=note>Confirmed pairs across patients first, then the confirmed pairs closest to the threshold, "
+        "then the rejected candidates that came closest. <b>copy</b>: the pixel check confirmed it; "
+        "<b>not a copy</b>: similar hashes but different pictures. <b>similarity</b>: correlation of the aligned "
+        f"thumbnails (1 = identical; confirmed from {_fmt((a.dedup_metrics or {}).get('confirm_similarity'))}); "
+        "<b>hash distance</b>: bits that differ between the two perceptual hashes (0 = same hash).</p>"
+        f"<div class='cards pairs'>{''.join(cards)}</div>"
+    )
 
 
 def _section_leakage(a: AuditInputs) -> str:
@@ -227,23 +348,49 @@ def _section_leakage(a: AuditInputs) -> str:
 def _section_split(a: AuditInputs) -> str:
     if a.split_metrics is None:
         return _missing("metrics/split.json")
-    out = []
     sm = a.split_metrics
-    per_split = {k: v for k, v in sm.items() if isinstance(v, dict) and "images" in v}
+    per_split = sm.get("splits") or {k: v for k, v in sm.items() if isinstance(v, dict) and "images" in v}
+    out = [
+        "<p>Whole leakage groups (patients joined by duplicate images) are assigned to train, val and test so "
+        "that each split's class shares stay close to the whole dataset's.</p>"
+    ]
     if per_split:
         rows = []
-        for name, s in per_split.items():
-            row = {"split": name}
-            row.update({k: v for k, v in s.items() if not isinstance(v, dict)})
+        for name, sp in per_split.items():
+            row = {"split": name, **{k: sp.get(k) for k in words.SPLIT if k in sp}}
+            for cls, n in (sp.get("class_counts") or {}).items():
+                share = (sp.get("class_proportions") or {}).get(cls)
+                row[f"{cls} (n, share)"] = f"{n} ({100 * share:.1f}%)" if share is not None else n
             rows.append(row)
         out.append(_table(pd.DataFrame(rows)))
-    out.append(_kv({k: v for k, v in sm.items() if k not in per_split}))
+        legend = "; ".join(f"<i>{k}</i>: {html.escape(v)}" for k, v in words.SPLIT.items())
+        out.append(
+            f"<p class=note>{legend}; <i>class (n, share)</i>: images of that class and their share of the split.</p>"
+        )
+    whole = sm.get("class_proportions") or {}
+    if whole:
+        shares = ", ".join(f"{html.escape(str(c))} {100 * v:.1f}%" for c, v in whole.items())
+        out.append(f"<p>Whole dataset ({sm.get('n_images')} images): {shares}.</p>")
+    if "max_abs_deviation" in sm:
+        out.append(
+            f"<p>Largest gap between a class's share in any split and in the whole dataset: "
+            f"{100 * sm['max_abs_deviation']:.2f} percentage points.</p>"
+        )
+    leaks = {k: sm[k] for k in ("leaking_groups", "leaking_patients", "leaking_clusters") if k in sm}
+    if leaks:
+        ok = not any(leaks.values())
+        text = ", ".join(f"{v} {k.removeprefix('leaking_')}" for k, v in leaks.items())
+        out.append(
+            f"<p>In more than one split: <b class={'ok' if ok else 'bad'}>{text}</b> (leakage groups, patients, "
+            "duplicate clusters; the split stage refuses to write anything else).</p>"
+        )
     bal = a.split_balance
     if bal is not None and {"label", "split", "n_images"} <= set(bal.columns):
         pivot = bal.pivot_table(
             index="label", columns="split", values="n_images", aggfunc="sum", fill_value=0
         )
-        out.append(_table(pivot.reset_index()))
+        if not per_split:
+            out.append(_table(pivot.reset_index()))
 
         def draw(ax: Any) -> None:
             share = (pivot / pivot.sum(axis=0)).rename(index=_literal)
@@ -258,9 +405,28 @@ def _section_split(a: AuditInputs) -> str:
 def _section_normalization(a: AuditInputs) -> str:
     if a.normalizer is None:
         return _missing("data/processed/normalizer.json")
-    out = ["<p>Fitted on the train split only, applied unchanged to val and test.</p>", _kv(a.normalizer)]
-    if a.normalize_metrics:
-        out.append(_kv(a.normalize_metrics))
+    mode = str(a.normalizer.get("mode"))
+    formula = words.NORMALIZER_MODES.get(mode, "")
+    out = [
+        "<p>Fitted on the train split only, applied unchanged to val and test. Mode "
+        f"<b>{html.escape(mode)}</b>: a network input is {html.escape(formula)} (statistics in the raw pixel "
+        "scale).</p>",
+        _kv(a.normalizer, words.NORMALIZER),
+    ]
+    nm = a.normalize_metrics
+    if nm:
+        out.append("<h3>Stored arrays</h3>")
+        out.append(
+            _kv({k: v for k, v in nm.items() if k in words.NORMALIZER and k != "mode"}, words.NORMALIZER)
+        )
+        splits = nm.get("splits") or {}
+        if splits:
+            rows = [
+                {"split": name, "images": sp.get("n_images"), "array shape (N, H, W, C)": str(tuple(sp.get("shape") or ())),
+                 **{str(c): n for c, n in (sp.get("class_counts") or {}).items()}}
+                for name, sp in splits.items()
+            ]  # fmt: skip
+            out.append(_table(pd.DataFrame(rows)))
     return "".join(out)
 
 
@@ -279,18 +445,61 @@ def _section_label_issues(a: AuditInputs) -> str:
         f"<p class=warn><b>Warning:</b> {html.escape(w)}.</p>"
         for w in a.label_issue_metrics.get("warnings", [])
     ]
-    out.append(_kv(a.label_issue_metrics))
-    if a.label_issue_sheet is not None:
-        out.append(_img(png_data_uri(a.label_issue_sheet), "top-ranked label issues"))
-    if a.label_issues is not None:
-        out.append(_table(a.label_issues, max_rows=a.n_gallery))
+    out.append(
+        "<p>An auditor model predicts each image's label without having seen it (out-of-fold, folds grouped "
+        "by patient); cleanlab flags images whose given label the auditor finds unlikely.</p>"
+    )
+    out.append(_kv({k: v for k, v in a.label_issue_metrics.items() if k != "warnings"}, words.LABEL_ISSUES))
+    out.append(_label_issue_table(a))
     return "".join(out)
+
+
+def _label_issue_table(a: AuditInputs) -> str:
+    """The flagged images in rank order, each row with its picture, so pictures and rows cannot disagree."""
+    li = a.label_issues
+    legend = (
+        "<p class=note><b>rank</b>: 1 = most likely mislabelled; <b>label quality</b>: the auditor's "
+        "probability for the given label, in [0, 1] (0.00 = it gives the label almost no chance); "
+        "<b>suggested</b>: the label it finds most likely; <b>reason</b>: <i>out_of_fold</i> (cleanlab) or "
+        "<i>duplicate_label_conflict</i> (a copy of this image carries another label).</p>"
+    )
+    if li is None:
+        return (
+            "" if a.label_issue_sheet is None else _img(png_data_uri(a.label_issue_sheet), "top label issues")
+        )
+    if li.empty:
+        return "<p>No image was flagged.</p>"
+    shown = li.sort_values("rank") if "rank" in li.columns else li
+    if not a.thumbnails:
+        sheet = (
+            "" if a.label_issue_sheet is None else _img(png_data_uri(a.label_issue_sheet), "top label issues")
+        )
+        return legend + sheet + _table(shown, max_rows=a.n_gallery)
+    cards = [
+        _card(
+            f"#{r.rank}",
+            _thumb(r.image_id, a),
+            [
+                f"given <b>{html.escape(str(r.given_label))}</b>",
+                f"suggested <b>{html.escape(str(r.suggested_label))}</b>",
+                f"label quality {r.label_quality:.2f}",
+                f"{html.escape(str(r.reason))}, {html.escape(str(r.split))}",
+            ],
+        )
+        for r in shown.head(a.n_gallery).itertuples(index=False)
+    ]
+    more = len(shown) - a.n_gallery
+    tail = f"<p class=note>{more} more in reports/label_issues.csv.</p>" if more > 0 else ""
+    return (
+        legend + f"<p class=note>The {min(len(shown), a.n_gallery)} highest-ranked, in rank order (as in "
+        "reports/label_issues.csv).</p>" + f"<div class='cards issues'>{''.join(cards)}</div>" + tail
+    )
 
 
 def _section_training(a: AuditInputs) -> str:
     if a.train_metrics is None:
         return _missing("metrics/train.json")
-    out = [_kv(a.train_metrics)]
+    out = [_kv(a.train_metrics, words.TRAIN)]
     c = a.curves
     if c is not None and not c.empty:
         x = "step" if "step" in c.columns else c.columns[0]
@@ -316,14 +525,19 @@ def _calibration_note(tm: dict) -> str:
     if cal.get("method"):
         out.append(
             f"<p>Temperature scaling fitted on val: T = {_fmt(cal.get('temperature'))}; test ECE "
-            f"{_fmt(cal.get('ece_before'))} before, {_fmt(cal.get('ece_after'))} after (predicted classes unchanged).</p>"
+            f"{_fmt(cal.get('ece_before'))} before, {_fmt(cal.get('ece_after'))} after (predicted classes unchanged). "
+            "ECE, the expected calibration error, is the average gap between the model's confidence and its "
+            "accuracy (0.05 = a prediction made with 90% confidence is right about 85% or 95% of the time); "
+            "T &gt; 1 means the raw model was overconfident, T &lt; 1 underconfident.</p>"
         )
     op = tm.get("operating_point")
     if isinstance(op, dict):
         rows = [{"split": s, **(op.get(s) or {})} for s in ("val", "test")]
         out.append(
             f"<p>Operating threshold {_fmt(op.get('threshold'))} on P({html.escape(str(op.get('positive_class')))}),"
-            f" chosen on val ({html.escape(str(op.get('method')))}), applied unchanged to test:</p>"
+            f" chosen on val ({html.escape(str(op.get('method')))}), applied unchanged to test. Sensitivity: share of"
+            " positives called positive; specificity: share of negatives called negative; PPV / NPV: share of"
+            " positive / negative calls that are right.</p>"
         )
         out.append(_table(pd.DataFrame(rows)))
     return "".join(out)
@@ -334,6 +548,7 @@ def _section_test_metrics(a: AuditInputs) -> str:
         return _missing("metrics/test.json")
     tm = a.test_metrics
     rows = []
+    level = f"{100 * float(tm.get('ci_level') or 0.95):.0f}% CI"
     for key in ("accuracy", "balanced_accuracy", "macro_f1", "auroc", "pr_auc", "cohen_kappa", "mcc", "ece"):
         if isinstance(tm.get(key), dict):
             v = tm[key]
@@ -342,16 +557,24 @@ def _section_test_metrics(a: AuditInputs) -> str:
                 {
                     "metric": key,
                     "value": v.get("value"),
-                    "95% CI": f"[{_fmt(v.get('ci_low'))}, {_fmt(v.get('ci_high'))}]",
+                    level: f"[{_fmt(v.get('ci_low'))}, {_fmt(v.get('ci_high'))}]",
                     "patient-level": pl.get("value"),
+                    "meaning": words.METRICS.get(key, ""),
                 }
             )
     out = [
-        "<p>The test split, evaluated once. Confidence intervals by bootstrap over patients.</p>",
+        f"<p>The test split, evaluated once. <i>{level}</i>: the range that holds the value in {level[:-3]} of "
+        "bootstrap resamples of the test patients (a patient's images move together). <i>patient-level</i>: the "
+        "same metric with one prediction per patient (the mean of their images' probabilities). Higher is "
+        "better except for ECE.</p>",
         _table(pd.DataFrame(rows)),
     ]
     if isinstance(tm.get("per_class"), dict):
         pc = pd.DataFrame(tm["per_class"]).T.reset_index(names="class")
+        out.append(
+            "<p class=note>Per class: <i>sensitivity</i> = share of that class's images called that class; "
+            "<i>specificity</i> = share of the other images not called that class.</p>"
+        )
         out.append(_table(pc))
     out.append(_calibration_note(tm))
     if a.roc is not None and {"fpr", "tpr"} <= set(a.roc.columns):
@@ -373,7 +596,10 @@ def _section_confusion(a: AuditInputs) -> str:
     if a.confusion is None or not {"actual", "predicted"} <= set(a.confusion.columns):
         return _missing("plots/confusion.csv")
     cm = pd.crosstab(a.confusion["actual"], a.confusion["predicted"])
-    return "<p>Rows: actual; columns: predicted.</p>" + _table(cm.reset_index())
+    return (
+        "<p>Test images counted by actual label (rows) and predicted label (columns); the diagonal holds the "
+        "correct predictions.</p>" + _table(cm.reset_index())
+    )
 
 
 def _section_demo_truth(a: AuditInputs) -> str:
@@ -383,7 +609,18 @@ def _section_demo_truth(a: AuditInputs) -> str:
     if not kinds:
         return "<p>No ground truth for this dataset (only the demo data has one).</p>"
     table = pd.DataFrame(kinds).T.reset_index(names="planted kind")
-    return "<p>How many of the demo data's planted problems the pipeline found.</p>" + _table(table)
+    # undefined ratios are null in the JSON; lists (the flagged attributes) read as one line of text
+    table = table.map(lambda v: ", ".join(map(str, v)) if isinstance(v, list) else "–" if v is None else v)
+    table = table[["planted kind", *[c for c in words.TRUTH_COLUMNS if c in table.columns],
+                   *[c for c in table.columns if c not in words.TRUTH_COLUMNS and c != "planted kind"]]]  # fmt: skip
+    legend = "; ".join(
+        f"<i>{k}</i>: {html.escape(v)}" for k, v in words.TRUTH_COLUMNS.items() if k in table.columns
+    )
+    return (
+        "<p>How many of the demo data's planted problems the pipeline found.</p>"
+        f"<p class=note>{legend}. &ndash;: not defined (nothing planted or nothing flagged of that kind, or the "
+        "measure does not apply to it).</p>" + _table(table)
+    )
 
 
 def _warnings(a: AuditInputs) -> str:
@@ -410,7 +647,7 @@ def _section_outliers(a: AuditInputs) -> str:
         "dataset's own images says which way up it is, and undoing that makes the image typical). "
         "Scores are in [0, 1], lower is worse; flagged images are kept unless "
         "<code>curate.exclude_issues</code> lists <code>outlier</code>.</p>",
-        _kv({k: v for k, v in m.items() if k != "orientation_accuracy"}),
+        _kv({k: v for k, v in m.items() if k != "orientation_accuracy"}, words.OUTLIERS),
     ]
     acc = m.get("orientation_accuracy") or {}
     if acc:
@@ -537,7 +774,44 @@ h1{margin-bottom:.2em} h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margi
 nav a{margin-right:1em} img{max-width:100%;border:1px solid #ccc;margin:.4em 0}
 .tbl{border-collapse:collapse;font-size:13px;margin:.5em 0} .tbl th,.tbl td{border:1px solid #ddd;padding:3px 8px;text-align:left}
 .warn{background:#fff3cd;border:1px solid #e0b000;padding:.6em} .missing{color:#a60;font-style:italic} .note{color:#666;font-size:12px} .ok{color:#070} .bad{color:#b00}
+#summary ul{padding-left:1.2em} #summary li{margin:.35em 0;line-height:1.4} #summary li.warn-item::marker{color:#b00}
+#summary li a{margin-left:.4em;font-size:13px;white-space:nowrap}
+.cards{display:flex;flex-wrap:wrap;gap:8px;margin:.5em 0}
+.card{border:1px solid #ddd;padding:4px;font-size:12px;line-height:1.35}
+.card-head{font-size:13px;margin-bottom:2px} .facts{overflow-wrap:anywhere} .issues .card{width:140px}
+figure.thumb{width:136px;margin:0 2px;display:inline-block;vertical-align:top}
+figure.thumb img{display:block;max-width:128px;height:auto;margin:0 auto;border:1px solid #ccc}
+figure.thumb figcaption{font-size:11px;line-height:1.25;overflow-wrap:anywhere;text-align:center;color:#333}
+.noimg{width:128px;height:64px;background:#eee;color:#888;font-size:11px;text-align:center}
 """
+
+
+def sections_shown(inputs: AuditInputs) -> list[tuple[str, str]]:
+    """The sections of this page, in order: all of :data:`SECTIONS`, except the demo ground truth
+    when the data has none (real data, ``data.truth: null``)."""
+    no_truth = not inputs.has_truth or (inputs.demo_truth or {}).get("available") is False
+    return [(sid, name) for sid, name in SECTIONS if not (sid == "demo_truth" and no_truth)]
+
+
+def _summary(inputs: AuditInputs) -> str:
+    """The opening section: one sentence per finding, each linking to the section with its details."""
+    names = dict(SECTIONS)
+    items = [
+        f"<li class={'warn-item' if f.is_warning else 'info-item'}>{html.escape(f.text)}"
+        f'<a href="#{f.section}">&rarr; {html.escape(names.get(f.section, f.section))}</a></li>'
+        for f in words.summarize(inputs)
+    ]
+    body = (
+        f"<ul>{''.join(items)}</ul>"
+        if items
+        else "<p class=missing>No stage has written its metrics yet.</p>"
+    )
+    return (
+        '<section id="summary"><h2>Summary: what was found</h2>'
+        "<p class=note>What was wrong with the data and how the model did, in order of the pipeline; "
+        "red bullets need a look. The details follow below.</p>"
+        f"{body}</section>"
+    )
 
 
 def build_report(inputs: AuditInputs, title: str = "Dataset audit") -> str:
@@ -548,16 +822,19 @@ def build_report(inputs: AuditInputs, title: str = "Dataset audit") -> str:
         title: Page title.
 
     Returns:
-        A complete, self-contained HTML document (UTF-8 text) with one ``<section id=...>`` per
-        entry of :data:`SECTIONS`, in that order.
+        A complete, self-contained HTML document (UTF-8 text): the summary (``<section id=summary>``),
+        then one ``<section id=...>`` per entry of :func:`sections_shown`, in that order.
     """
-    nav = "".join(f'<a href="#{sid}">{html.escape(name)}</a>' for sid, name in SECTIONS)
+    shown = sections_shown(inputs)
+    nav = "".join(
+        f'<a href="#{sid}">{html.escape(name)}</a>' for sid, name in [("summary", "Summary"), *shown]
+    )
     parts = [
         "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>",
         f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1>{_warnings(inputs)}<nav>{nav}</nav>",
+        f"<h1>{html.escape(title)}</h1>{_warnings(inputs)}{_summary(inputs)}<nav>{nav}</nav>",
     ]
-    for sid, name in SECTIONS:
+    for sid, name in shown:
         parts.append(f'<section id="{sid}"><h2>{html.escape(name)}</h2>{BUILDERS[sid](inputs)}</section>')
     parts.append("</body></html>")
     return "\n".join(parts)

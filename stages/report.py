@@ -1,10 +1,12 @@
 """Stage `report`: one self-contained HTML audit page.
 
 Reads: the outputs of every earlier stage (metrics/*.json, data/interim/*.parquet,
-reports/**.png|csv, data/processed/normalizer.json, plots/*.csv, the dvclive curves). Missing
-inputs are shown as "nothing to show" sections rather than failing.
+reports/**.png|csv, data/processed/normalizer.json, plots/*.csv, the dvclive curves), and the
+images of the duplicate pairs and label issues it shows (from the data root). Missing inputs are shown
+as "nothing to show" sections rather than failing.
 Writes: reports/audit.html.
-Params: report.n_gallery.
+Params: report.n_gallery; data.root, data.truth (no ground-truth section without one),
+ingest.max_pixels and ingest.multi_frame (decoding the pictures).
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from pipeline.dedup import pairs_for_sheet
 from pipeline.io import read_json, write_text
 from pipeline.report import AuditInputs, build_report
+from pipeline.sheets import read_thumbnails
 from stages._cli import run, start
 
 log = logging.getLogger("stages.report")
@@ -55,13 +59,29 @@ def _curves(live_dir: Path) -> pd.DataFrame | None:
     return pd.concat(frames, axis=1).reset_index() if frames else None
 
 
+def _pairs_shown(pairs_csv: Path, n: int) -> pd.DataFrame | None:
+    """The candidate pairs the page shows side by side (the same choice as ``reports/dedup/pairs.png``)."""
+    pairs = _table(pairs_csv)
+    return None if pairs is None else pairs_for_sheet(pairs, n).reset_index(drop=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args, params = start(
         __doc__, argv, "--metrics", "--reports", "--interim", "--processed", "--plots", "--live", "--out"
     )
-    params = params.report
-
     m, r, i = args.metrics, args.reports, args.interim
+    n_gallery = params.report.n_gallery
+    manifest = _table(i / "manifest.parquet")
+    label_issues = _table(r / "label_issues.csv")
+    dedup_pairs = _pairs_shown(r / "dedup" / "pairs.csv", n_gallery)
+    # pictures of what the page shows as rows: duplicate pairs and the top label issues
+    shown_ids = [] if dedup_pairs is None else [*dedup_pairs["image_id_a"], *dedup_pairs["image_id_b"]]
+    if label_issues is not None and not label_issues.empty:
+        shown_ids += list(label_issues.sort_values("rank")["image_id"].head(n_gallery))
+    paths = {} if manifest is None else dict(zip(manifest["image_id"], manifest["path"], strict=True))
+    thumbnails = read_thumbnails(
+        shown_ids, paths, params.data.root, params.ingest.max_pixels, params.ingest.multi_frame
+    )
     quality_dir = r / "quality"
     sheets = {p.stem: _png(p) for p in sorted(quality_dir.glob("*.png"))} if quality_dir.is_dir() else {}
     inputs = AuditInputs(
@@ -75,14 +95,14 @@ def main(argv: list[str] | None = None) -> int:
         duplicates=_table(i / "duplicates.parquet"),
         dedup_sheet=_png(r / "dedup" / "pairs.png"),
         curated=_table(i / "curated.parquet"),
-        manifest=_table(i / "manifest.parquet"),
+        manifest=manifest,
         split_metrics=_json(m / "split.json"),
         split_balance=_table(args.plots / "split_balance.csv"),
         normalizer=_json(args.processed / "normalizer.json"),
         normalize_metrics=_json(m / "normalize.json"),
         augment_preview=_png(r / "augment" / "preview.png"),
         label_issue_metrics=_json(m / "label_issues.json"),
-        label_issues=_table(r / "label_issues.csv"),
+        label_issues=label_issues,
         label_issue_sheet=_png(r / "label_issues" / "top.png"),
         train_metrics=_json(m / "train.json"),
         curves=_curves(args.live),
@@ -98,7 +118,10 @@ def main(argv: list[str] | None = None) -> int:
             p.stem: v for p in sorted((r / "shortcuts").glob("*.png")) if (v := _png(p)) is not None
         },
         subgroups=_json(m / "subgroups.json"),
-        n_gallery=params.n_gallery,
+        dedup_pairs=dedup_pairs,
+        thumbnails=thumbnails,
+        has_truth=params.data.truth is not None,
+        n_gallery=n_gallery,
     )
     page = build_report(inputs)
     write_text(page, args.out)
