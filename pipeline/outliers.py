@@ -44,6 +44,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pandas as pd
+import skimage.feature
 from sklearn.decomposition import PCA
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.preprocessing import StandardScaler
@@ -74,6 +75,7 @@ TRANSFORMS: tuple[tuple[int, int, int], ...] = tuple(
     (k, f, v) for v in (0, 1) for f in (0, 1) for k in range(4)
 )
 IDENTITY = 0
+FLIP = TRANSFORMS.index((0, 1, 0))
 _VAR_EXPLAINED = 0.9
 _MAX_COMPONENTS = 40
 _MIN_ROBUST_SCALE = 1e-6
@@ -182,12 +184,32 @@ def pixel_features(thumbs: np.ndarray) -> np.ndarray:
     return np.concatenate([small, x.mean(axis=2), x.mean(axis=1)], axis=1)
 
 
+def shape_features(thumbs: np.ndarray) -> np.ndarray:
+    """Histograms of oriented gradients (Dalal & Triggs 2005) of (N, S, S) uint8 thumbnails, resized
+    to 32x32: 3x3 blocks of 2x2 cells of 8 px, 9 orientations (float32 (N, 324)), as
+    ``label_issues`` computes them. They describe where edges of which direction lie (the outline
+    of lung fields, a spine, a body's edge), block-normalized, so a view or a body part whose
+    outlines differ stands apart even where its mean intensities resemble the dataset's, and an
+    exposure change or a heel-effect gradient hardly moves them."""
+    out = []
+    for t in thumbs:
+        if t.shape != (32, 32):
+            t = cv2.resize(t, (32, 32), interpolation=cv2.INTER_AREA)
+        out.append(
+            skimage.feature.hog(
+                t, orientations=9, pixels_per_cell=(8, 8), cells_per_block=(2, 2), feature_vector=True
+            )
+        )
+    return np.asarray(out, np.float32).reshape(len(thumbs), -1)
+
+
 def atypicality_features(thumbs: np.ndarray, colour: np.ndarray) -> np.ndarray:
-    """:func:`pixel_features` + the colour measures (N, F). No intensity histogram: exposure is
-    quality's concern, and a burnt-out but otherwise ordinary film must not look foreign."""
+    """:func:`pixel_features` + :func:`shape_features` + the colour measures (N, F). No intensity
+    histogram: exposure is quality's concern, and a burnt-out but otherwise ordinary film must not
+    look foreign."""
     if thumbs.shape[0] == 0:
         return np.zeros((0, 0), np.float32)
-    return np.concatenate([pixel_features(thumbs), colour.astype(np.float32)], axis=1)
+    return np.concatenate([pixel_features(thumbs), shape_features(thumbs), colour.astype(np.float32)], axis=1)
 
 
 class Atypicality:
@@ -309,6 +331,12 @@ def orientation_scores(
             )
     judged = pairwise >= min_accuracy
     judged[IDENTITY] = True
+    if not judged[FLIP]:
+        # Mirroring is not recognizable here, so a version and its mirror image are one candidate
+        # (named without the mirror): otherwise an inverted film would be named "invert+flip" at
+        # random and undoing that would give a mirrored film.
+        post = np.logaddexp(post, post[:, COMPOSE[:, FLIP]])
+        judged &= np.array([f == 0 for _, f, _ in TRANSFORMS])
     post[:, ~judged] = -np.inf
     best = post.argmax(axis=1)
     score = np.exp(np.clip(post[:, IDENTITY] - post[np.arange(n), best], -700, 0))

@@ -8,7 +8,7 @@ import pytest
 
 from pipeline import outliers as ol
 from pipeline.demo import render_radiograph, sample_anatomy, sample_view
-from pipeline.demo_outliers import render_document, render_photo
+from pipeline.demo_outliers import burn_marker, render_document, render_photo
 from pipeline.features import compute_features
 
 PARAMS = dict(
@@ -88,3 +88,37 @@ def test_unstructured_images_are_skipped_and_tiny_sets_do_not_fail(radiographs):
     )
     table, _ = ol.find_outliers(rows, skip=["blank"], **PARAMS)
     assert table.set_index("image_id").loc["blank", "outlier_score"] == 1.0
+
+
+@pytest.mark.parametrize("mode", ["gray", "rgb"])
+def test_planted_mirrored_image_is_found_where_the_set_has_a_handedness(radiographs, mode):
+    # Every film carries its side marker in the top-left corner (as a detector's L/R marker
+    # does), so this set has a canonical handedness; one film is stored mirrored.
+    def as_mode(im: np.ndarray) -> np.ndarray:
+        return np.dstack([im, (im * 0.9).astype(np.uint8), im]) if mode == "rgb" else im
+
+    rows = [_row(f"c{i:03d}", as_mode(burn_marker(im))) for i, im in enumerate(radiographs)]
+    rng = np.random.default_rng(2)
+    extra = burn_marker(render_radiograph(sample_anatomy(rng), sample_view(rng), "normal", 64, 64, rng))
+    rows.append(_row("x_mirrored", as_mode(np.ascontiguousarray(extra[:, ::-1]))))
+    table, info = ol.find_outliers(pd.DataFrame(rows), **PARAMS)
+    assert info["orientation_accuracy"]["flip"] >= PARAMS["min_orientation_accuracy"]
+    flagged = table[table["is_outlier_issue"]].set_index("image_id")["outlier_kind"].to_dict()
+    assert flagged == {"x_mirrored": "mirrored"}
+
+
+def test_a_set_without_canonical_orientation_gets_no_rotated_or_mirrored_flag():
+    # Histology-like tiles: blobs (nuclei) scattered over a textured background, isotropic, so no
+    # rotation or mirror image of a tile is less likely than the tile itself.
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[:64, :64]
+    rows = []
+    for i in range(160):
+        tile = 200 + 20 * rng.standard_normal((64, 64))
+        for _ in range(int(rng.integers(8, 20))):
+            cy, cx, r = rng.uniform(0, 64), rng.uniform(0, 64), rng.uniform(2, 5)
+            tile -= 90 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r**2))
+        rows.append(_row(f"t{i:03d}", np.clip(tile, 0, 255).astype(np.uint8)))
+    table, info = ol.find_outliers(pd.DataFrame(rows), **PARAMS)
+    assert not table["outlier_kind"].isin(["rotated", "mirrored"]).any()
+    assert info["orientation_accuracy"]["rot90"] < 0.8 and info["orientation_accuracy"]["flip"] < 0.8
