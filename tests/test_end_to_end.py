@@ -60,7 +60,7 @@ def _deep_update(base: dict, new: dict) -> dict:
 
 def _make_project(dest: Path) -> Path:
     dest.mkdir(parents=True)
-    for name in ("pipeline", "stages"):
+    for name in ("pipeline", "stages", "bin"):
         shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", dest / "dvc.yaml")
     params = default_params()
