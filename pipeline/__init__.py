@@ -58,4 +58,5 @@ FOUNDATIONS = {
     "distributed": "torchrun process groups and unpadded shards",
     "checkpoint": "the typed model checkpoint, loaded with weights_only",
     "live": "dvclive training curves written to files only",
+    "workspace": "data that git would commit (inside the work tree, not ignored, not DVC-tracked)",
 }

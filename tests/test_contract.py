@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 STAGE_ORDER = [
+    "validate",
     "demo_data",
     "ingest",
     "quality",
