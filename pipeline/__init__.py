@@ -37,6 +37,7 @@ STAGE_LOGIC = {
     "evaluate": "evaluate",
     "calibration": "evaluate",
     "subgroups": "evaluate",
+    "headline": "headline",
     "report": "report",
 }
 

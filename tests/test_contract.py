@@ -32,6 +32,7 @@ STAGE_ORDER = [
     "tune",
     "train",
     "evaluate",
+    "headline",
     "report",
 ]
 

@@ -108,3 +108,19 @@ def test_the_validate_and_ingest_stages_refuse_it(tmp_path, monkeypatch):
         with pytest.raises(InputError, match="neither git-ignored nor DVC-tracked"):
             main(["--params", "params.yaml", *extra])
     assert not (project / "m").exists()
+
+
+def test_the_validate_stage_catches_an_unknown_params_section(tmp_path, monkeypatch):
+    """Every stage validates params.yaml when it runs; `validate` always runs, so a misspelt section
+    (`training:` for `train:`) stops `dvc repro` even when nothing else would rerun."""
+    import yaml
+
+    params = default_params()
+    params["training"] = {"epochs": 5}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match=r"training: Extra inputs are not permitted"):
+        validate.main(["--params", "params.yaml"])
+    del params["training"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert validate.main(["--params", "params.yaml"]) == 0
