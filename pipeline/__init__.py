@@ -37,8 +37,8 @@ STAGE_LOGIC = {
     "evaluate": "evaluate",
     "calibration": "evaluate",
     "subgroups": "evaluate",
-    "headline": "headline",
     "report": "report",
+    "headline": "headline",
 }
 
 # module -> what it provides

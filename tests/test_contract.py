@@ -32,8 +32,8 @@ STAGE_ORDER = [
     "tune",
     "train",
     "evaluate",
-    "headline",
     "report",
+    "headline",
 ]
 
 
