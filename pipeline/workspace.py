@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import configparser
 import logging
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -40,8 +41,13 @@ def _git_toplevel(project: Path) -> Path | None:
             capture_output=True,
             text=True,
             check=False,
+            env={**os.environ, "LC_ALL": "C"},  # git's messages in English, to tell the cases apart
         )
-        return Path(proc.stdout.strip()).resolve() if proc.returncode == 0 else None
+        if proc.returncode == 0:
+            return Path(proc.stdout.strip()).resolve()
+        if "not a git repository" not in proc.stderr:  # e.g. git's "dubious ownership" refusal
+            logger.warning("cannot check that the data stays out of git: %s", proc.stderr.strip())
+        return None
     try:
         import pygit2
     except ImportError:
