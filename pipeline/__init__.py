@@ -39,6 +39,7 @@ STAGE_LOGIC = {
     "subgroups": "evaluate",
     "report": "report",
     "report_text": "report",
+    "headline": "headline",
 }
 
 # module -> what it provides
@@ -59,4 +60,5 @@ FOUNDATIONS = {
     "distributed": "torchrun process groups and unpadded shards",
     "checkpoint": "the typed model checkpoint, loaded with weights_only",
     "live": "dvclive training curves written to files only",
+    "workspace": "data that git would commit (inside the work tree, not ignored, not DVC-tracked)",
 }

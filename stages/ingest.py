@@ -12,8 +12,9 @@ Writes: <manifest> (data/interim/manifest.parquet): one row per file found (MANI
 Params: data.root, data.labels, ingest.* (extensions, max_pixels, max_file_mb, multi_frame,
         classes, max_seconds_per_file, missing_patient_id), executor.* (kind, n_workers,
         chunk_size, address), dedup.hash_method (the one perceptual hash computed).
-Stops (one ``error:`` line) when no image is readable or the readable ones hold fewer than two
-classes.
+Stops (one ``error:`` line) when git would commit the data root or the labels table (inside the
+project's git work tree, neither git-ignored nor DVC-tracked: pipeline.workspace), when no image is
+readable or when the readable ones hold fewer than two classes.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pipeline.errors import InputError
 from pipeline.ingest import ingest
 from pipeline.io import write_csv, write_json, write_parquet
 from pipeline.labels import check_two_classes
+from pipeline.workspace import check_data_stays_out_of_git
 from stages._cli import run, start
 
 logger = logging.getLogger("stages.ingest")
@@ -32,6 +34,7 @@ logger = logging.getLogger("stages.ingest")
 
 def main(argv: list[str] | None = None) -> int:
     args, params = start(__doc__, argv, "--manifest", "--features", "--rejected", "--metrics")
+    check_data_stays_out_of_git(params.data.root, params.data.labels)
     # features stream to their file as images are measured (never whole in memory)
     result = ingest(
         params.data.root,

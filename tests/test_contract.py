@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 STAGE_ORDER = [
+    "validate",
     "demo_data",
     "ingest",
     "quality",
@@ -32,6 +33,7 @@ STAGE_ORDER = [
     "train",
     "evaluate",
     "report",
+    "headline",
 ]
 
 
@@ -44,7 +46,8 @@ def test_stage_script_exists_and_is_a_dependency(name):
     stage = DVC["stages"][name]
     script = f"stages/{name}.py"
     assert (ROOT / script).is_file(), f"{script} is missing"
-    assert f"python -m stages.{name} " in stage["cmd"] + " "
+    # bin/python, not a bare `python`: the project's interpreter whichever way dvc was started
+    assert (stage["cmd"] + " ").startswith(f"bin/python -m stages.{name} ")
     assert script in stage["deps"], f"stage {name} does not depend on its own script"
     for dep in stage["deps"]:
         if dep.startswith("pipeline/"):

@@ -1,7 +1,7 @@
 """End to end: `dvc repro` on a tiny demo dataset in a temporary copy of the project.
 
 - the first `dvc repro` runs every stage and the accounting adds up;
-- a second `dvc repro` runs none;
+- a second `dvc repro` runs none but `validate` (always run: it checks params.yaml and the data's place in git);
 - changing one augmentation param reruns only `augment` and the stages after it;
 - two clean runs with the same seed give byte-identical manifest, features, quality and split
   tables and processed arrays.
@@ -60,7 +60,7 @@ def _deep_update(base: dict, new: dict) -> dict:
 
 def _make_project(dest: Path) -> Path:
     dest.mkdir(parents=True)
-    for name in ("pipeline", "stages"):
+    for name in ("pipeline", "stages", "bin"):
         shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", dest / "dvc.yaml")
     params = default_params()
@@ -110,7 +110,8 @@ def test_repro_runs_every_stage_then_none(project):
         assert f'<section id="{section_id}">' in page
     assert "Nothing to show" not in page, "every stage's output should reach the report"
     assert page.count("data:image/png;base64,") >= 8
-    assert _repro(project) == []
+    # only `validate` (always_changed: it checks params.yaml and the data's place in git) runs again
+    assert _repro(project) == ["validate"]
 
 
 def test_augment_param_reruns_only_augment_and_after(project):
@@ -118,9 +119,9 @@ def test_augment_param_reruns_only_augment_and_after(project):
     params["augment"]["n_preview_variants"] = 3
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     ran = _repro(project)
-    assert ran[0] == "augment"
+    assert ran[:2] == ["validate", "augment"]
     stages = list(yaml.safe_load((project / "dvc.yaml").read_text())["stages"])
-    before = set(stages[: stages.index("augment")])
+    before = set(stages[1 : stages.index("augment")])
     assert not before & set(ran), f"stages before augment reran: {sorted(before & set(ran))}"
 
 
