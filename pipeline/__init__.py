@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 STAGE_LOGIC = {
     "demo": "demo_data",
     "demo_outliers": "demo_data",
+    "demo_dermoscopy": "demo_data",
     "ingest": "ingest",
     "features": "ingest",
     "quality": "quality",
