@@ -59,4 +59,5 @@ FOUNDATIONS = {
     "distributed": "torchrun process groups and unpadded shards",
     "checkpoint": "the typed model checkpoint, loaded with weights_only",
     "live": "dvclive training curves written to files only",
+    "modality": "the data's modality (gray / colour), inferred from the images, and the domain check",
 }

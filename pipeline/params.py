@@ -80,6 +80,13 @@ class DataParams(Section):
     truth: str | None = Field(
         default=None, description="Ground-truth file of planted problems (demo data only)."
     )
+    modality: Literal["auto", "gray", "colour"] = Field(
+        default="auto",
+        description=(
+            "gray (radiographs, CT, MR) or colour (photographs: dermoscopy, fundus, pathology): picks "
+            "the per-modality quality checks; auto = inferred from the images (logged and reported)."
+        ),
+    )
 
     @field_validator("root")
     @classmethod
