@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 STAGE_LOGIC = {
     "demo": "demo_data",
     "demo_outliers": "demo_data",
+    "demo_dermoscopy": "demo_data",
     "ingest": "ingest",
     "features": "ingest",
     "quality": "quality",
@@ -61,4 +62,5 @@ FOUNDATIONS = {
     "checkpoint": "the typed model checkpoint, loaded with weights_only",
     "live": "dvclive training curves written to files only",
     "workspace": "data that git would commit (inside the work tree, not ignored, not DVC-tracked)",
+    "modality": "the data's modality (gray / colour), inferred from the images, and the domain check",
 }

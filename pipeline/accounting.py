@@ -236,3 +236,53 @@ def check_accounting(final: pd.DataFrame, manifest: pd.DataFrame, summary: dict 
         )
     log.info("accounting adds up: %s", parts)
     return summary
+
+
+CLASS_LOSS_RATIO = 2.0
+"""A class whose excluded share is at least this many times the other classes' share ..."""
+CLASS_LOSS_MIN_GAP = 0.05
+"""... and at least this much larger (absolute), with 3 or more images excluded, is warned about."""
+
+
+def class_losses(final: pd.DataFrame, manifest: pd.DataFrame) -> dict:
+    """Exclusions per class among the readable images, and a warning per class that loses far more.
+
+    Curation and label-issue drops can fall on one class (a bright class flagged overexposed, a
+    class the auditor distrusts): the model is then trained and tested on a shifted class mix
+    without anyone being told. Rejections at ingest (unreadable files) are not counted: they carry
+    no usable label.
+
+    Args:
+        final: Output of :func:`final_states`.
+        manifest: The manifest (``image_id``, ``label``, ``status``).
+
+    Returns:
+        ``{"excluded_by_class": {label: {"n_images", "n_excluded", "share_excluded"}},
+        "class_loss_warnings": [str]}``: a class is named when its share excluded is at least
+        :data:`CLASS_LOSS_RATIO` times that of the other classes together and at least
+        :data:`CLASS_LOSS_MIN_GAP` above it, with 3 or more images excluded.
+    """
+    if "label" not in manifest.columns:  # nothing to break down by
+        return {"excluded_by_class": {}, "class_loss_warnings": []}
+    ok = manifest.loc[manifest["status"].astype(str) == STATUS_OK, ["image_id", "label"]].astype(str)
+    state = final.set_index(final["image_id"].astype(str))["final_state"]
+    ok = ok.assign(excluded=ok["image_id"].map(state).eq("excluded").to_numpy())
+    per = ok.groupby("label")["excluded"].agg(["size", "sum"])
+    out: dict = {"excluded_by_class": {}, "class_loss_warnings": []}
+    for label, row in per.sort_index().iterrows():
+        n, k = int(row["size"]), int(row["sum"])
+        out["excluded_by_class"][str(label)] = {
+            "n_images": n, "n_excluded": k, "share_excluded": round(k / n, 4) if n else 0.0,
+        }  # fmt: skip
+        n_rest, k_rest = int(per["size"].sum()) - n, int(per["sum"].sum()) - k
+        if not n or not n_rest or k < 3:
+            continue
+        share, rest = k / n, k_rest / n_rest
+        if share >= CLASS_LOSS_RATIO * rest and share - rest >= CLASS_LOSS_MIN_GAP:
+            out["class_loss_warnings"].append(
+                f"class {label!r} loses {k} of {n} readable images ({share:.0%}) to exclusion, the other "
+                f"classes {k_rest} of {n_rest} ({rest:.0%}): the curated class mix differs from the data's"
+            )
+    for w in out["class_loss_warnings"]:
+        log.warning("%s", w)
+    return out

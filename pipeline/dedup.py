@@ -10,11 +10,24 @@ imagededup hashes, a 32x32 intensity-normalized thumbnail), never the images.
    (``dedup.hash_method``) differs in at most ``dedup.max_distance`` bits, found with the
    multi-index hash of :mod:`pipeline.hamming_index` (exact, sub-quadratic; same pairs as
    imagededup's brute force).
-3. **Confirmation**: radiographs of different patients hash alike, so a candidate joins a
-   cluster only if its thumbnails, aligned, correlate at least ``dedup.confirm_similarity``
-   (:func:`pipeline.similarity.thumbnail_similarity`: the best Pearson correlation over small
-   zooms and shifts, so a slightly cropped, shifted or resized copy still matches; correlation
-   ignores brightness and contrast changes).
+3. **Confirmation** (:func:`confirm`): radiographs of different patients hash alike, so a
+   candidate joins a cluster only if its thumbnails, aligned, match far better than the two
+   pictures match *themselves after a deliberate misalignment*, and, for colour images, their
+   colours agree:
+
+   * the similarity is :func:`pipeline.similarity.thumbnail_similarity` (the best Pearson
+     correlation over small zooms and shifts, so a slightly cropped, shifted or resized copy
+     still matches; correlation ignores brightness and contrast changes);
+   * the null is :func:`pipeline.similarity.shift_residual`: ``1 - `` the correlation of each
+     thumbnail with itself moved by one pixel (geometric mean of the two). No fixed correlation
+     separates copies from look-alikes: smooth pictures (low-resolution radiographs, lesions on
+     plain skin) correlate 0.96 with other pictures of the same layout, detailed ones do not.
+     Measured against each pair's own null, the rule adapts to the data at hand: confirmed when
+     ``1 - similarity <= dedup.confirm_residual_ratio * null``;
+   * colour (:func:`pipeline.similarity.colour_difference`, both images colour): the RMS
+     CIELAB chroma difference over a 4x4 grid is at most ``dedup.max_colour_difference``, so two
+     lesions of one shape but another hue (a brown naevus, a magenta vascular lesion) are not
+     copies. A pair with a gray image is judged on the gray thumbnails alone.
 4. **Clusters** (:func:`cluster_members`): connected components (:mod:`pipeline.graph`) of exact
    and confirmed near links. The representative is the best-quality member (fewest quality
    issues, then highest summed quality score), then the largest (``width * height``), then the
@@ -39,7 +52,7 @@ from pipeline.contract import QUALITY_ISSUES, STATUS_OK, flag_col, require_colum
 from pipeline.graph import components, links_sharing_key
 from pipeline.hamming_index import hex_to_uint64, search_pairs
 from pipeline.params import DedupParams
-from pipeline.similarity import Thumbnails, pair_similarity
+from pipeline.similarity import Thumbnails, colour_difference, pair_similarity
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +74,8 @@ PAIRS_COLUMNS = [
     "link",
     "distance",
     "similarity",
+    "residual_ratio",
+    "colour_difference",
     "is_confirmed",
     "patient_id_a",
     "patient_id_b",
@@ -68,8 +83,9 @@ PAIRS_COLUMNS = [
     "label_b",
 ]
 
-Scorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
-"""Aligned thumbnail similarity of row pairs ``(i, j)`` of the ok-image table (float32, -1 = none)."""
+Scorer = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+"""Aligned thumbnail similarity (float32, -1 = none) and misalignment null (float64, NaN = none) of
+row pairs ``(i, j)`` of the ok-image table (:func:`pipeline.similarity.pair_similarity`)."""
 
 
 @dataclass(frozen=True)
@@ -95,13 +111,18 @@ class Candidates:
         i, j: int64 row positions of the two images, one entry per pair.
         distance: int64 Hamming distance of their hashes.
         similarity: float32 aligned thumbnail similarity in [-1, 1] (-1: no thumbnail or flat).
-        is_confirmed: ``similarity >= dedup.confirm_similarity``.
+        residual_ratio: float64 ``(1 - similarity) / null`` (inf where the null is NaN or 0).
+        colour_difference: float64 RMS CIELAB chroma difference (NaN unless both are colour).
+        is_confirmed: ``residual_ratio <= dedup.confirm_residual_ratio`` (decided exactly on the
+            similarity) and the colours agree.
     """
 
     i: np.ndarray
     j: np.ndarray
     distance: np.ndarray
     similarity: np.ndarray
+    residual_ratio: np.ndarray
+    colour_difference: np.ndarray
     is_confirmed: np.ndarray
 
 
@@ -144,6 +165,14 @@ def ok_images(manifest: pd.DataFrame, features: pd.DataFrame) -> pd.DataFrame:
     ok = manifest[manifest["status"] == STATUS_OK]
     df = ok.merge(features, on="image_id", how="left", validate="one_to_one")
     return df.sort_values("image_id", ignore_index=True)
+
+
+def _chroma_column(images: pd.DataFrame) -> np.ndarray:
+    """The ``chroma`` bytes of every row (empty where the features table has none: gray, or a
+    features table written before the column existed)."""
+    if "chroma" not in images.columns:
+        return np.full(len(images), b"", dtype=object)
+    return np.array([c if isinstance(c, bytes | bytearray) else b"" for c in images["chroma"]], dtype=object)
 
 
 def exact_links(images: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -192,17 +221,39 @@ def near_candidates(
     return ci, cj, cdist
 
 
-def confirm(ci: np.ndarray, cj: np.ndarray, cdist: np.ndarray, score: Scorer, threshold: float) -> Candidates:
-    """Step 3: score every candidate on its aligned thumbnails; ``>= threshold`` confirms it."""
-    sim = score(ci, cj)
-    confirmed = sim >= threshold
+def confirm(
+    ci: np.ndarray, cj: np.ndarray, cdist: np.ndarray, score: Scorer, chroma: np.ndarray, params: DedupParams
+) -> Candidates:
+    """Step 3: score every candidate on its aligned thumbnails against its misalignment null, and
+    on its colours (see the module docstring).
+
+    Args:
+        ci, cj, cdist: The candidates (:func:`near_candidates`).
+        score: Similarity and null of row pairs.
+        chroma: ``chroma`` bytes of every row of the ok-image table (empty for gray images).
+        params: ``confirm_residual_ratio``, ``max_colour_difference``.
+    """
+    sim, null = score(ci, cj)
+    threshold = 1.0 - params.confirm_residual_ratio * np.nan_to_num(null, nan=0.0)
+    is_similar = (sim >= threshold) & (sim > -1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(np.isfinite(null) & (null > 0), (1.0 - sim.astype(np.float64)) / null, np.inf)
+    colour = colour_difference(chroma[ci], chroma[cj]) if ci.size else np.zeros(0)
+    colour_differs = colour > params.max_colour_difference  # NaN (a gray image) never differs
+    confirmed = is_similar & ~colour_differs
     log.info(
-        "confirmed %d, rejected %d candidates (similarity >= %g)",
+        "confirmed %d, rejected %d candidates (1 - similarity <= %g x misalignment null; %d of the "
+        "similar ones rejected for a colour difference > %g)",
         confirmed.sum(),
         (~confirmed).sum(),
-        threshold,
+        params.confirm_residual_ratio,
+        int((is_similar & colour_differs).sum()),
+        params.max_colour_difference,
     )
-    return Candidates(i=ci, j=cj, distance=cdist, similarity=sim, is_confirmed=confirmed)
+    return Candidates(
+        i=ci, j=cj, distance=cdist, similarity=sim, residual_ratio=ratio, colour_difference=colour,
+        is_confirmed=confirmed,
+    )  # fmt: skip
 
 
 def cluster_members(images: pd.DataFrame, cluster: np.ndarray, quality: pd.DataFrame) -> pd.DataFrame:
@@ -267,7 +318,7 @@ def duplicates_table(
         same_exact, 0, np.bitwise_count(codes[member_row] ^ codes[rep_row]).astype(np.int64)
     )
     to_rep = np.where(same_exact, 1.0, -1.0).astype(np.float32)
-    to_rep[~same_exact] = score(member_row[~same_exact], rep_row[~same_exact])
+    to_rep[~same_exact] = score(member_row[~same_exact], rep_row[~same_exact])[0]
     members["similarity"] = to_rep.round(4)
     per_cluster = members.groupby("_cluster")
     members["is_cross_patient"] = members["_cluster"].map(per_cluster["patient_id"].agg(_distinct) > 1)
@@ -300,6 +351,8 @@ def pairs_table(images: pd.DataFrame, ex_i: np.ndarray, ex_j: np.ndarray, near: 
             "link": ["exact"] * n_exact + ["near"] * near.i.size,
             "distance": np.concatenate([np.zeros(n_exact, np.int64), near.distance]),
             "similarity": np.concatenate([np.ones(n_exact, np.float32), near.similarity]).round(4),
+            "residual_ratio": np.concatenate([np.zeros(n_exact), near.residual_ratio]).round(4),
+            "colour_difference": np.concatenate([np.full(n_exact, np.nan), near.colour_difference]).round(2),
             "is_confirmed": np.concatenate([np.ones(n_exact, bool), near.is_confirmed]),
             "patient_id_a": images["patient_id"].to_numpy()[pi],
             "patient_id_b": images["patient_id"].to_numpy()[pj],
@@ -325,9 +378,13 @@ def dedup_metrics(duplicates: pd.DataFrame, n_images: int, near: Candidates, par
         "n_candidates": int(near.i.size),
         "n_candidates_confirmed": int(near.is_confirmed.sum()),
         "n_candidates_rejected": int((~near.is_confirmed).sum()),
+        "n_candidates_rejected_for_colour": int(
+            (~near.is_confirmed & (near.colour_difference > params.max_colour_difference)).sum()
+        ),
         "hash_method": params.hash_method,
         "max_distance": params.max_distance,
-        "confirm_similarity": params.confirm_similarity,
+        "confirm_residual_ratio": params.confirm_residual_ratio,
+        "max_colour_difference": params.max_colour_difference,
     }
 
 
@@ -376,7 +433,8 @@ def find_duplicates(
     exact_group = components(n, ex_i, ex_j)
     # 2. near candidates from the hash index (rows without a hash take no part), 3. confirmed
     rows, codes = hash_codes(images, params.hash_method)
-    near = confirm(*near_candidates(rows, codes, exact_group, params), score, params.confirm_similarity)
+    chroma = _chroma_column(images)
+    near = confirm(*near_candidates(rows, codes, exact_group, params), score, chroma, params)
     # 4. clusters of exact and confirmed near links, 5. tables, 6. metrics
     confirmed = near.is_confirmed
     cluster = components(

@@ -51,6 +51,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from pipeline import demo_dermoscopy
 from pipeline.demo_outliers import OUTLIER_SUBTYPES, RENDERERS, burn_marker, transform_radiograph
 from pipeline.errors import InputError
 from pipeline.io import write_csv, write_json
@@ -312,6 +313,41 @@ def render_radiograph(
 FINDINGS = ("normal", "nodule", "effusion", "cardiomegaly")
 
 
+@dataclass(frozen=True)
+class Modality:
+    """How the demo draws one modality (``demo.modality``): its findings (the ``demo.classes``
+    names it accepts), a patient's shared appearance, one image's variation, the renderer, whether
+    it is colour, and the outlier subtypes that make sense for it."""
+
+    findings: tuple[str, ...]
+    patient: Callable[[np.random.Generator], object]
+    view: Callable[[np.random.Generator], object]
+    render: Callable[..., np.ndarray]
+    is_colour: bool
+    outlier_subtypes: tuple[str, ...]
+
+
+MODALITIES = {
+    "chest_xray": Modality(FINDINGS, sample_anatomy, sample_view, render_radiograph, False, OUTLIER_SUBTYPES),
+    # A lesion has no up, down, left or right: rotated or mirrored lesions are not outliers.
+    "dermoscopy": Modality(
+        demo_dermoscopy.FINDINGS,
+        demo_dermoscopy.sample_skin,
+        demo_dermoscopy.sample_lesion,
+        demo_dermoscopy.render_lesion,
+        True,
+        tuple(s for s in OUTLIER_SUBTYPES if s not in ("rotated", "mirrored")),
+    ),
+}
+
+
+def _mark(img: np.ndarray) -> np.ndarray:
+    """:func:`burn_marker` on a gray or a colour (per channel: a white box) image."""
+    if img.ndim == 2:
+        return burn_marker(img)
+    return np.ascontiguousarray(np.stack([burn_marker(img[..., c]) for c in range(img.shape[2])], axis=-1))
+
+
 # --------------------------------------------------------------------------------------------
 # Planted problems
 # --------------------------------------------------------------------------------------------
@@ -357,7 +393,7 @@ def make_near_duplicate(img: np.ndarray, rng: np.random.Generator) -> tuple[np.n
     Returns:
         (pixels, file extension ".png" or ".jpg", JPEG quality (0 for PNG), short description).
     """
-    h, w = img.shape
+    h, w = img.shape[:2]
     op = str(rng.choice(["resize", "crop", "shift", "brightness", "jpeg"]))
     if op == "resize":
         f = float(rng.choice([0.875, 0.9375, 1.0625, 1.125]))
@@ -485,10 +521,12 @@ def plan_demo(params: DemoParams, seed: int) -> list[_Slot]:
         ValueError: If the planted counts do not fit in the drawn images (the message names the
             ``demo.*`` keys involved).
     """
-    unknown = [c for c in params.classes if c not in FINDINGS]
+    findings = MODALITIES[params.modality].findings
+    unknown = [c for c in params.classes if c not in findings]
     if unknown:
         raise InputError(
-            f"demo.classes: no synthetic finding for {unknown}; expected names from {list(FINDINGS)}"
+            f"demo.classes: no synthetic finding for {unknown} in demo.modality={params.modality!r}; "
+            f"expected names from {list(findings)}"
         )
     rng = np.random.default_rng(seed)
     classes = list(params.classes)
@@ -641,15 +679,16 @@ def _plan_outliers_and_sites(
         u, other = rng.random(), str(rng.choice(SITES[:2]))
         site = MARKED_SITE if u < share else other
         info[patient] = (site, str(rng.choice(["F", "M"])), int(rng.integers(18, 91)))
-    n_outliers = params.n_outliers_per_subtype * len(OUTLIER_SUBTYPES)
+    subtypes = MODALITIES[params.modality].outlier_subtypes
+    n_outliers = params.n_outliers_per_subtype * len(subtypes)
     if n_outliers > sum(room.values()):
         raise InputError(
             f"demo: {n_outliers} outliers (demo.n_outliers_per_subtype={params.n_outliers_per_subtype} x "
-            f"{len(OUTLIER_SUBTYPES)} subtypes) do not fit: patients have room for only {sum(room.values())} more "
+            f"{len(subtypes)} subtypes) do not fit: patients have room for only {sum(room.values())} more "
             f"images under demo.images_per_patient_range={list(params.images_per_patient_range)}; raise "
             f"demo.n_patients or lower demo.n_outliers_per_subtype"
         )
-    for subtype in OUTLIER_SUBTYPES:
+    for subtype in subtypes:
         for _ in range(params.n_outliers_per_subtype):
             target = str(rng.choice(sorted(p for p, r in room.items() if r > 0)))
             room[target] -= 1
@@ -681,11 +720,12 @@ class _Renderer:
     """Renders the planned slots one by one; keeps what duplicates need of their sources."""
 
     slots: list[_Slot]
-    anatomies: dict[str, Anatomy]
+    anatomies: dict[str, object]  # Anatomy, or demo_dermoscopy.Skin
     size: int
     marked_size: int  # the marked site's larger films, yet within quality's size tolerance
     odd_sizes: list[tuple[int, int]]
     odd_aspects: list[tuple[int, int]]
+    modality: Modality
     encoded: dict[int, bytes] = field(default_factory=dict)
     pixels: dict[int, np.ndarray] = field(default_factory=dict)
     paths: dict[int, str] = field(default_factory=dict)
@@ -712,18 +752,21 @@ class _Renderer:
             self.n_not_image += 1
         elif slot.kind == "blank":
             side = self.marked_size if slot.site == MARKED_SITE else self.size
-            ext, data = ".png", encode(make_blank(side, side, rng), ".png")
+            blank = make_blank(side, side, rng)
+            if self.modality.is_colour:
+                blank = demo_dermoscopy.colour_blank(blank, self.anatomies[slot.patient])
+            ext, data = ".png", encode(blank, ".png")
         elif slot.kind == "outlier":
             side = self.marked_size if slot.site == MARKED_SITE else self.size
             item["subtype"] = slot.subtype
             if slot.subtype in RENDERERS:
                 img = RENDERERS[slot.subtype](side, side, rng)
             else:
-                img = render_radiograph(
-                    self.anatomies[slot.patient], sample_view(rng), slot.true_label, side, side, rng
+                img = self.modality.render(
+                    self.anatomies[slot.patient], self.modality.view(rng), slot.true_label, side, side, rng
                 )
                 if slot.site == MARKED_SITE:
-                    img = burn_marker(img)
+                    img = _mark(img)
                 img, item["transform"] = transform_radiograph(img, slot.subtype, rng)
             ext = ".jpg" if slot.subtype == "photo" else ".png"
             data = encode(img, ext)
@@ -734,11 +777,11 @@ class _Renderer:
                 h, w = self.odd_sizes[int(rng.integers(len(self.odd_sizes)))]
             elif slot.kind == "odd_aspect_ratio":
                 h, w = self.odd_aspects[int(rng.integers(len(self.odd_aspects)))]
-            img = render_radiograph(
-                self.anatomies[slot.patient], sample_view(rng), slot.true_label, h, w, rng
+            img = self.modality.render(
+                self.anatomies[slot.patient], self.modality.view(rng), slot.true_label, h, w, rng
             )
             if slot.site == MARKED_SITE:
-                img = burn_marker(img)
+                img = _mark(img)
             if slot.kind in DEGRADE:
                 img = DEGRADE[slot.kind](img, rng)
             ext = ".png"
@@ -780,11 +823,12 @@ def generate_demo(out_dir: Path, params: DemoParams, seed: int) -> dict:
     if images_dir.exists():
         shutil.rmtree(images_dir)
 
-    anatomies: dict[str, Anatomy] = {}
+    modality = MODALITIES[params.modality]
+    anatomies: dict[str, object] = {}
     for patient in sorted({s.patient for s in slots}):
         prng = np.random.default_rng([seed, int(patient[1:])])
-        anatomies[patient] = sample_anatomy(prng)
-    renderer = _Renderer(slots, anatomies, size, size * 17 // 16, *_odd_shapes(size))
+        anatomies[patient] = modality.patient(prng)
+    renderer = _Renderer(slots, anatomies, size, size * 17 // 16, *_odd_shapes(size), modality)
     items: list[dict] = []
     paths = renderer.paths
     # Originals first (duplicates need their source's bytes), in slot order.

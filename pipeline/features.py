@@ -65,6 +65,9 @@ For ``dedup``:
         intensity-normalized gray thumbnail (stretched from its own 1st to 99th percentile to 0..255,
         resized to ``thumb_size x thumb_size`` ignoring aspect ratio). Decode with
         ``np.frombuffer(row.thumb, np.uint8).reshape(row.thumb_size, row.thumb_size)``.
+    ``chroma`` (bytes): colour images only (empty for gray and gray-as-RGB ones): the mean CIELAB
+        a*, b* of each cell of a 4 x 4 grid (:func:`chroma_grid`), int8, so dedup can tell apart
+        two images whose gray thumbnails match but whose colours differ.
 """
 
 from __future__ import annotations
@@ -240,7 +243,27 @@ def compute_features(
     )
     out["thumb"] = thumb.tobytes()
     out["thumb_size"] = int(thumb_size)
+    out["chroma"] = b"" if n_channels == 1 or out["is_gray_rgb"] else chroma_grid(small, full_scale).tobytes()
     return out
+
+
+CHROMA_GRID = 4
+"""Side of the grid of mean CIELAB chroma (a*, b*) stored per colour image (``chroma``)."""
+
+
+def chroma_grid(rgb: np.ndarray, full_scale: float) -> np.ndarray:
+    """Mean CIELAB chroma of each cell of a :data:`CHROMA_GRID` x :data:`CHROMA_GRID` grid.
+
+    Args:
+        rgb: HxWx3 RGB image (uint8 or uint16).
+        full_scale: ``2**bit_depth - 1``.
+
+    Returns:
+        int8 (grid, grid, 2): a* and b* (CIELAB units, D65, rounded; about -128..127).
+    """
+    lab = cv2.cvtColor(rgb.astype(np.float32) / np.float32(full_scale), cv2.COLOR_RGB2Lab)
+    cells = cv2.resize(lab[:, :, 1:], (CHROMA_GRID, CHROMA_GRID), interpolation=cv2.INTER_AREA)
+    return np.clip(np.rint(cells), -128, 127).astype(np.int8)
 
 
 def _colour(small: np.ndarray, full_scale: float) -> tuple[int, float, float, np.ndarray]:

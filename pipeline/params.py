@@ -80,6 +80,13 @@ class DataParams(Section):
     truth: str | None = Field(
         default=None, description="Ground-truth file of planted problems (demo data only)."
     )
+    modality: Literal["auto", "gray", "colour"] = Field(
+        default="auto",
+        description=(
+            "gray (radiographs, CT, MR) or colour (photographs: dermoscopy, fundus, pathology): picks "
+            "the per-modality quality checks; auto = inferred from the images (logged and reported)."
+        ),
+    )
 
     @field_validator("root")
     @classmethod
@@ -106,13 +113,26 @@ class ExecutorParams(Section):
     )
 
 
+DEMO_FINDINGS = {
+    "chest_xray": ("normal", "nodule", "effusion", "cardiomegaly"),
+    "dermoscopy": ("naevus", "melanoma", "vascular", "keratosis"),
+}
+"""The ``demo.classes`` names each ``demo.modality`` can draw (pipeline/demo.py ``MODALITIES``)."""
+
+
 class DemoParams(Section):
     """The embedded synthetic dataset (README, "Stages in detail", ``demo_data``)."""
 
-    classes: list[Literal["normal", "nodule", "effusion", "cardiomegaly"]] = Field(
+    modality: Literal["chest_xray", "dermoscopy"] = Field(
+        default="chest_xray",
+        description="chest_xray: gray radiographs; dermoscopy: RGB skin-lesion photographs.",
+    )
+    classes: list[
+        Literal["normal", "nodule", "effusion", "cardiomegaly", "naevus", "melanoma", "vascular", "keratosis"]
+    ] = Field(
         default_factory=lambda: ["normal", "nodule", "effusion"],
         min_length=2,
-        description="Classes to draw; each name is a synthetic finding (normal = none).",
+        description="Classes to draw; each name is a synthetic finding of `modality` (normal = none).",
     )
     class_proportions: list[Annotated[float, Field(gt=0)]] | None = Field(
         default=None,
@@ -122,7 +142,7 @@ class DemoParams(Section):
     images_per_patient_range: tuple[PositiveInt, PositiveInt] = Field(
         default=(1, 8), description="[low, high] images per patient, duplicates included."
     )
-    image_size: Annotated[int, Field(ge=32)] = Field(
+    image_size: Annotated[int, Field(ge=16)] = Field(
         default=128, description="Side of the usual square image."
     )
     mixed_patient_fraction: Fraction = Field(
@@ -163,6 +183,17 @@ class DemoParams(Section):
         if len(set(v)) != len(v):
             raise ValueError(f"class names must be unique, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _classes_of_modality(self) -> DemoParams:
+        findings = DEMO_FINDINGS[self.modality]
+        unknown = [c for c in self.classes if c not in findings]
+        if unknown:
+            raise ValueError(
+                f"classes {unknown} are not findings of modality {self.modality!r}; expected names from "
+                f"{list(findings)} (set demo.classes with demo.modality)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _proportions_match_classes(self) -> DemoParams:
@@ -286,8 +317,20 @@ class DedupParams(Section):
     max_distance: Annotated[int, Field(ge=0, le=64)] = Field(
         default=10, description="Hamming radius for candidates (imagededup's default, 10)."
     )
-    confirm_similarity: Annotated[float, Field(ge=-1.0, le=1.0)] = Field(
-        default=0.96, description="Least aligned thumbnail correlation that confirms a candidate."
+    confirm_residual_ratio: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
+        default=0.3,
+        description=(
+            "A candidate is confirmed when 1 - its aligned thumbnail correlation is at most this share "
+            "of the pair's misalignment null (how much the images differ from themselves moved by one "
+            "thumbnail pixel)."
+        ),
+    )
+    max_colour_difference: Annotated[float, Field(gt=0.0)] = Field(
+        default=6.0,
+        description=(
+            "Colour images: largest RMS CIELAB chroma difference (4x4 grid) of a confirmed pair; "
+            "a just-noticeable difference is about 2.3."
+        ),
     )
     align_max_shift: Annotated[int, Field(ge=0, le=8)] = Field(
         default=2, description="Largest shift (thumbnail pixels) tried when aligning two thumbnails."

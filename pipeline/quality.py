@@ -202,6 +202,28 @@ def check_channel_mismatch(df: pd.DataFrame, p: QualityParams) -> np.ndarray:
     return np.clip(share, 0.0, 1.0)
 
 
+# Clipping: the gray (luma) 99th percentile at the top of the scale (250 of 255 levels).
+CLIPPED_P99 = 250 / 255
+
+
+def check_overexposed_photograph(df: pd.DataFrame, p: QualityParams) -> np.ndarray:
+    """Colour photographs: brighter than the dataset counts only when the image clips (p99 at the
+    top of the scale); burnt out (p01 > 95 %) regardless.
+
+    A radiograph brighter than the rest has lost contrast in the lungs; a photograph of a lighter
+    skin or a paler lesion has not, unless its highlights are clipped (issue 17: six unclipped
+    dermoscopy images, four of them melanomas, were excluded by the radiograph rule).
+    """
+    clipped = df["p99"].to_numpy() >= CLIPPED_P99
+    return np.where(clipped, check_overexposed(df, p), cutoff_score(1.0 - df["p01"], 1.0 - NEAR_WHITE_P01))
+
+
+MODALITY_CHECKS: dict[str, dict[str, Callable[[pd.DataFrame, QualityParams], np.ndarray]]] = {
+    "gray": {},
+    "colour": {"overexposed": check_overexposed_photograph},
+}
+"""Per ``data.modality`` (:mod:`pipeline.modality`): the checks that replace those of :data:`CHECKS`."""
+
 # Keys: exactly pipeline.contract.QUALITY_ISSUES, in that order (tests/test_quality.py).
 CHECKS: dict[str, Callable[[pd.DataFrame, QualityParams], np.ndarray]] = {
     "dark": check_dark,
@@ -220,14 +242,17 @@ def threshold(params: QualityParams, issue: str) -> float:
     return float(getattr(params, f"{issue}_threshold"))
 
 
-def find_low_quality(features: pd.DataFrame, manifest: pd.DataFrame, params: QualityParams) -> pd.DataFrame:
-    """Score every ok image for every issue in :data:`CHECKS`.
+def find_low_quality(
+    features: pd.DataFrame, manifest: pd.DataFrame, params: QualityParams, modality: str = "gray"
+) -> pd.DataFrame:
+    """Score every ok image for every issue in :data:`CHECKS` (or its :data:`MODALITY_CHECKS` version).
 
     Args:
         features: features.parquet rows (at least :data:`FEATURE_COLUMNS`), one per ok image.
         manifest: The manifest (at least ``image_id, width, height``; rows whose ``status`` is not
             ``ok`` are ignored when the column exists).
         params: The ``quality`` params section.
+        modality: ``gray`` or ``colour`` (:func:`pipeline.modality.resolve_modality`).
 
     Returns:
         One row per image of ``features`` (same order): ``image_id``, ``<issue>_score`` (float in
@@ -262,7 +287,7 @@ def find_low_quality(features: pd.DataFrame, manifest: pd.DataFrame, params: Qua
     log.info("blur compared at %d px (typical longest side of %d images)", level, len(df))
 
     out = pd.DataFrame({"image_id": df["image_id"]})
-    for issue, check in CHECKS.items():
+    for issue, check in (CHECKS | MODALITY_CHECKS[modality]).items():
         score = np.clip(np.asarray(check(df, params), dtype=np.float64), 0.0, 1.0)
         out[score_col(issue)] = score
         out[flag_col(issue)] = score < threshold(params, issue)

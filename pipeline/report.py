@@ -215,7 +215,23 @@ def _section_accounting(a: AuditInputs) -> str:
     return (
         f"<p>Every input file ends in exactly one final state. Sum of states = {total}; "
         f"files found = {acc.get('n_files')}: <b class={'ok' if adds_up else 'bad'}>{verdict}</b>.</p>"
-        f"<table class=tbl>{body}</table>"
+        f"<table class=tbl>{body}</table>{_class_losses(acc)}"
+    )
+
+
+def _class_losses(acc: dict) -> str:
+    """Exclusions per class (curation and label-issue drops, of the readable images)."""
+    per = acc.get("excluded_by_class") or {}
+    if not per:
+        return ""
+    table = pd.DataFrame(per).T.rename_axis("class").reset_index()
+    warn = "".join(
+        f"<p class=warn><b>Warning:</b> {html.escape(w)}.</p>" for w in acc.get("class_loss_warnings", [])
+    )
+    return (
+        "<h3>Exclusions per class</h3><p>Readable images of each class and how many curation or the "
+        "label-issue audit excluded; a class that loses far more than the others is named above the "
+        "table (the curated class mix then differs from the data's).</p>" + warn + _table(table)
     )
 
 
@@ -256,6 +272,15 @@ def _section_quality(a: AuditInputs) -> str:
         "the most extreme image of this dataset on that measure (not a missing value); then the file name. "
         "Worst first.</p>",
     ]
+    mod = a.quality_metrics.get("modality")
+    if mod:
+        how = "inferred from the images" if mod.get("param") == "auto" else "set by data.modality"
+        out.insert(
+            0,
+            f"<p>Modality: <b>{html.escape(str(mod.get('modality')))}</b> ({how}: "
+            f"{100 * float(mod.get('colour_share', 0)):.0f}% of {mod.get('n_images')} readable images have "
+            "real colour); the per-modality checks follow it (colour photographs: overexposed needs clipping).</p>",
+        )
     for issue in sorted(flagged):
         out.append(f"<h3>{html.escape(issue)} ({flagged[issue]} flagged)</h3>")
         sheet = a.quality_sheets.get(issue)
@@ -624,11 +649,17 @@ def _section_demo_truth(a: AuditInputs) -> str:
 
 
 def _warnings(a: AuditInputs) -> str:
-    """Warnings shown above every section: what the audit could not check."""
+    """Warnings shown above every section: what the audit could not check, settings that do not fit
+    the data (modality, augmentation domain) and exclusions that fall on one class."""
+    lines = [
+        *(a.quality_metrics or {}).get("warnings", []),
+        *(a.accounting or {}).get("class_loss_warnings", []),
+    ]
+    out = "".join(f"<p class=warn><b>Warning:</b> {html.escape(w)}.</p>" for w in lines)
     n_own = (a.ingest_metrics or {}).get("n_own_patient") or 0
     if not n_own:
-        return ""
-    return (
+        return out
+    return out + (
         f"<p class=warn><b>Warning:</b> {n_own} image(s) have no patient id; each was made its own patient "
         "(<code>ingest.missing_patient_id: own_group</code>), so patient-level leakage control is not "
         "possible for them: images of one patient may sit in different splits. Only near-duplicate "

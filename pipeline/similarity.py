@@ -346,9 +346,11 @@ def _confirm_similarity(
     j: np.ndarray,
     max_shift: int,
     zooms: tuple[float, ...],
-    threshold: float,
+    threshold: float | np.ndarray,
 ) -> np.ndarray:
     """:func:`thumbnail_similarity` with the reference's confirmations and 4-decimal values.
+
+    ``threshold``: one value, or one per pair (the per-pair threshold of :func:`pair_similarity`).
 
     The fast path sums in float64, the reference (:func:`_reference_similarity`) in float32.
     Values within the reference's worst-case float32 error bound of ``threshold`` are recomputed
@@ -370,26 +372,68 @@ def _confirm_similarity(
     return sim
 
 
+def shift_residual(thumbs: np.ndarray) -> np.ndarray:
+    """The misalignment null of each thumbnail: how much it differs from itself moved by one pixel.
+
+    ``1 - r``, with ``r`` the Pearson correlation of the thumbnail with itself shifted by one pixel,
+    averaged over the horizontal and the vertical shift (on the inner window, no padding). A
+    smooth picture (a low-resolution radiograph, a lesion on plain skin) barely changes when
+    moved, so any other smooth picture of the same layout correlates highly with it: its null is
+    small, and a candidate must match it far more closely than the plain correlation says. A
+    detailed picture has a large null. Flat thumbnails get NaN (they are never confirmed).
+
+    Args:
+        thumbs: (n, s, s) thumbnails (any numeric dtype), s >= 3.
+
+    Returns:
+        (n,) float64 residuals in [0, 2] (NaN for a flat thumbnail).
+    """
+    t = np.asarray(thumbs, np.float64)
+    centre = t[:, 1:-1, 1:-1]
+    out = np.zeros(t.shape[0])
+    flat = np.zeros(t.shape[0], bool)
+    for moved in (t[:, 1:-1, 2:], t[:, 2:, 1:-1]):
+        x = centre - centre.mean(axis=(1, 2), keepdims=True)
+        y = moved - moved.mean(axis=(1, 2), keepdims=True)
+        den = np.sqrt((x * x).sum(axis=(1, 2)) * (y * y).sum(axis=(1, 2)))
+        flat |= den < 1e-9
+        out += 0.5 * (1.0 - (x * y).sum(axis=(1, 2)) / np.maximum(den, 1e-9))
+    out[flat] = np.nan
+    return np.clip(out, 0.0, 2.0)
+
+
 def pair_similarity(
     thumbnails: Thumbnails, frow: np.ndarray, i: np.ndarray, j: np.ndarray, params: DedupParams
-) -> np.ndarray:
-    """:func:`_confirm_similarity` of row pairs ``(i, j)``, loading only the thumbnails of those rows
-    (``frow``: features-table row of each row, -1 for none); -1 where either has no thumbnail.
-    ``params``: ``align_max_shift`` and ``align_zooms`` align, ``confirm_similarity`` is the
-    threshold whose side :func:`_confirm_similarity` makes exact.
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_confirm_similarity` of row pairs ``(i, j)`` and their misalignment null, loading only
+    the thumbnails of those rows (``frow``: features-table row of each row, -1 for none).
+
+    The null of a pair is the geometric mean of its two images' :func:`shift_residual`; a pair is
+    confirmed when ``1 - similarity <= dedup.confirm_residual_ratio * null``, i.e. its similarity
+    reaches ``1 - confirm_residual_ratio * null``: that per-pair threshold is the one whose side
+    :func:`_confirm_similarity` makes exact. ``params``: ``align_max_shift`` and ``align_zooms``
+    align.
 
     Memory is bounded whatever the number of candidates: thumbnails are held as uint8 (1 KB
     each) and pairs are scored in chunks that involve at most :data:`_CHUNK_IMAGES` images (pairs
     sorted, so an image's pairs mostly share a chunk and its work is shared); a pair's score
     depends only on its two thumbnails, so chunking changes no value.
+
+    Returns:
+        ``(similarity, null)``: float32 similarity in [-1, 1] (-1 where either has no thumbnail)
+        and float64 null (NaN where either has no thumbnail or is flat).
     """
     sim = np.full(i.size, -1.0, np.float32)
+    null = np.full(i.size, np.nan)
     both = (frow[i] >= 0) & (frow[j] >= 0)
     if not both.any():
-        return sim
+        return sim, null
     rows = np.unique(np.concatenate([frow[i[both]], frow[j[both]]]))
     thumbs, present = thumbnails.get(rows)
+    residual = np.where(present, shift_residual(thumbs), np.nan)
     a, b = np.searchsorted(rows, frow[i[both]]), np.searchsorted(rows, frow[j[both]])
+    pair_null = np.sqrt(residual[a] * residual[b])
+    threshold = 1.0 - params.confirm_residual_ratio * np.nan_to_num(pair_null, nan=0.0)
     ok = np.flatnonzero(present[a] & present[b])
     scored = np.full(a.size, -1.0, np.float32)
     for sel in _pair_chunks(a, b, ok, _CHUNK_IMAGES):
@@ -400,10 +444,30 @@ def pair_similarity(
             pos[sel.size :],
             params.align_max_shift,
             tuple(params.align_zooms),
-            params.confirm_similarity,
+            threshold[sel],
         )
     sim[both] = scored
-    return sim
+    null[both] = pair_null
+    return sim, null
+
+
+def colour_difference(chroma_a: Sequence, chroma_b: Sequence) -> np.ndarray:
+    """RMS CIELAB chroma difference (delta a*, b*) over the cells of two images' ``chroma`` grids.
+
+    Args:
+        chroma_a, chroma_b: ``chroma`` values of features.parquet (bytes; empty for a gray image).
+
+    Returns:
+        float64 per pair, in CIELAB units (a just-noticeable difference is about 2.3); NaN where
+        either image is gray: colour cannot tell such a pair apart (a gray copy of a colour
+        image is still a copy).
+    """
+    out = np.full(len(chroma_a), np.nan)
+    for k, (x, y) in enumerate(zip(chroma_a, chroma_b, strict=True)):
+        if isinstance(x, bytes | bytearray) and isinstance(y, bytes | bytearray) and x and len(x) == len(y):
+            d = np.frombuffer(x, np.int8).astype(np.float64) - np.frombuffer(y, np.int8).astype(np.float64)
+            out[k] = float(np.sqrt((d.reshape(-1, 2) ** 2).sum(axis=1).mean()))
+    return out
 
 
 def _pair_chunks(a: np.ndarray, b: np.ndarray, pairs: np.ndarray, max_images: int) -> Iterator[np.ndarray]:

@@ -10,7 +10,8 @@ Reads:  ``--manifest``, ``--quality``, ``--duplicates``, ``--curated``, ``--spli
         (metrics/shortcuts.json); ``data.truth`` (truth.json) when set (a path to no file stops the stage).
 Writes: ``--out`` (data/interim/final_states.parquet: image_id, path, final_state, reason),
         ``--metrics`` (metrics/accounting.json: n_files, n_rejected, n_rejected_by_reason,
-        n_excluded {reason: n}, n_train, n_val, n_test), ``--truth-metrics``
+        n_excluded {reason: n}, n_train, n_val, n_test, excluded_by_class {label: {n_images,
+        n_excluded, share_excluded}}, class_loss_warnings), ``--truth-metrics``
         (metrics/demo_truth.json: pipeline.truth.score_against_truth, or {"available": false}).
 Params: ``data.truth``, ``label_issues.action``.
 """
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.accounting import check_accounting, final_states
+from pipeline.accounting import check_accounting, class_losses, final_states
 from pipeline.errors import InputError
 from pipeline.io import read_json, write_json, write_parquet
 from stages._cli import run, start
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     final = final_states(manifest, curated, pd.read_parquet(args.splits), label_issues)
     summary = check_accounting(final, manifest)
+    summary = {**summary, **class_losses(final, manifest)}
 
     if truth_path is not None:
         from pipeline.truth import score_against_truth

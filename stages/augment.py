@@ -9,7 +9,9 @@ Writes: <policy> (models/augment/policy.json): albumentations serialization; tra
         <preview> (reports/augment/preview.png): rows = train images, column 1 = original,
         then the augmented variants of epochs 0, 1, ...
 Params: seed, augment.* (domain, transforms, allow_unsafe, horizontal_flip, mixup_alpha,
-        cutmix_alpha, label_smoothing, n_preview_images, n_preview_variants).
+        cutmix_alpha, label_smoothing, n_preview_images, n_preview_variants). A domain preset made for
+        the other modality than the processed images' (3 channels = colour) is logged as a warning
+        and recorded in the policy's ``augment.warnings`` (the quality stage reports it too).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import logging
 from pipeline.augment import build_policy, make_preview, policy_to_dict
 from pipeline.errors import InputError
 from pipeline.io import write_json, write_png
+from pipeline.modality import domain_mismatch
 from pipeline.processed import ProcessedData
 from stages._cli import run, start
 
@@ -35,12 +38,16 @@ def main(argv: list[str] | None = None) -> int:
         )
     channels, image_shape = int(images.shape[3]), (int(images.shape[1]), int(images.shape[2]))
 
+    mismatch = domain_mismatch(cfg.domain, "colour" if channels == 3 else "gray")
+    if mismatch:
+        logger.warning("%s", mismatch)
     policy = build_policy(cfg, channels=channels, image_shape=image_shape)
     meta = {
         "domain": cfg.domain,
         "channels": channels,
         "image_size": list(image_shape),
         "transforms": [type(t).__name__ for t in policy.transforms],
+        "warnings": [mismatch] if mismatch else [],
         "batch": {
             "mixup_alpha": cfg.mixup_alpha,
             "cutmix_alpha": cfg.cutmix_alpha,

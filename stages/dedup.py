@@ -1,15 +1,15 @@
 """Stage ``dedup``: exact and near-duplicate clusters, confirmed on thumbnails.
 
 Reads:  ``--manifest`` (image_id, path, sha256, width, height, patient_id, label, status),
-        ``--features`` (pixel_sha256, the ``dedup.hash_method`` hash, thumb, thumb_size),
+        ``--features`` (pixel_sha256, the ``dedup.hash_method`` hash, chroma, thumb, thumb_size),
         ``--quality`` (to choose each cluster's representative); the image files of the pairs
         shown on the sheet, under ``data.root``.
 Writes: ``--out`` (data/interim/duplicates.parquet: one row per member of every cluster),
         ``--pairs-dir``/pairs.csv (every exact link and near candidate, confirmed or not) and
         ``--pairs-dir``/pairs.png (side by side, ``dedup.n_pairs_sheet`` pairs),
         ``--metrics`` (metrics/dedup.json).
-Params: ``dedup`` (hash_method, max_distance, confirm_similarity, align_max_shift, align_zooms,
-        n_pairs_sheet), ``data.root`` and ``ingest.max_pixels`` / ``ingest.multi_frame`` (sheet).
+Params: ``dedup`` (hash_method, max_distance, confirm_residual_ratio, max_colour_difference,
+        align_max_shift, align_zooms, n_pairs_sheet), ``data.root`` and ``ingest.max_pixels`` / ``ingest.multi_frame`` (sheet).
 """
 
 from __future__ import annotations
@@ -37,7 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     # only the columns used: the per-image tables are what grows with the number of images
     manifest = pd.read_parquet(args.manifest, columns=[*MANIFEST_COLUMNS, "path"])
     # thumbnails are read later, only for the candidate pairs (memory does not grow with the images)
-    features = pd.read_parquet(args.features, columns=["image_id", "pixel_sha256", params.dedup.hash_method])
+    colour = ["chroma"] if "chroma" in pq.read_schema(args.features).names else []
+    features = pd.read_parquet(
+        args.features, columns=["image_id", "pixel_sha256", params.dedup.hash_method, *colour]
+    )
     wanted = ["image_id", *(c for x in QUALITY_ISSUES for c in (score_col(x), flag_col(x)))]
     present = set(pq.read_schema(args.quality).names)
     quality = pd.read_parquet(args.quality, columns=[c for c in wanted if c in present])

@@ -4,9 +4,12 @@ Reads:  the manifest (image_id, path, width, height, channels, bit_depth, status
         per-image features table written by ingest (only the columns quality needs); the image
         files of the worst flagged images, under ``data.root``, for the contact sheets.
 Writes: ``--out`` (data/interim/quality.parquet: image_id, <issue>_score, is_<issue>_issue, raw
-        measures), ``--metrics`` (metrics/quality.json: {"n_images", "flagged": {issue: count}}),
+        measures), ``--metrics`` (metrics/quality.json: {"n_images", "flagged": {issue: count},
+        "modality": {modality, param, inferred, colour_share, n_images, warnings}, "warnings"}),
         ``--sheets``/<issue>.png (the ``quality.n_contact_sheet`` worst flagged images per issue).
-Params: ``quality`` (thresholds, robust_z, size/aspect tolerance, n_contact_sheet), ``data.root``,
+Params: ``quality`` (thresholds, robust_z, size/aspect tolerance, n_contact_sheet), ``data.modality``
+        (``auto``: inferred from the images; picks the per-modality checks), ``augment.domain``
+        (warned about when it is a preset for the other modality), ``data.root``,
         ``ingest.max_pixels`` / ``ingest.multi_frame`` (decoding the sheet images).
 """
 
@@ -20,6 +23,7 @@ import pandas as pd
 from pipeline.contract import score_col
 from pipeline.errors import InputError
 from pipeline.io import write_json, write_parquet, write_png
+from pipeline.modality import domain_mismatch, resolve_modality
 from pipeline.quality import (
     CHECKS,
     FEATURE_COLUMNS,
@@ -44,11 +48,17 @@ def main(argv: list[str] | None = None) -> int:
         raise InputError(
             f"{args.features}: {len(features)} rows, but {args.manifest} has {len(manifest)} ok images"
         )
-    quality = find_low_quality(features, manifest, params.quality)
+    modality = resolve_modality(params.data.modality, features)
+    quality = find_low_quality(features, manifest, params.quality, modality["modality"])
     del features
 
     write_parquet(quality, args.out)
-    metrics = summarize(quality)
+    warnings = list(modality["warnings"])
+    mismatch = domain_mismatch(params.augment.domain, modality["modality"])
+    if mismatch:
+        log.warning("%s", mismatch)
+        warnings.append(mismatch)
+    metrics = {**summarize(quality), "modality": modality, "warnings": warnings}
     write_json(metrics, args.metrics)
     root = Path(params.data.root)
     paths = manifest.set_index("image_id")["path"]

@@ -275,3 +275,31 @@ def test_outlier_params_do_not_change_the_rest_of_the_demo(tmp_path, tiny_demo_p
     la = la[~la.image_path.isin(planted)]
     rows_a = sorted(zip(la.patient_id, la.label, la.site, strict=True))
     assert rows_a == sorted(zip(lb.patient_id, lb.label, lb.site, strict=True))
+
+
+def test_dermoscopy_modality_writes_rgb_lesions_with_the_same_planted_problems(tmp_path, tiny_demo_params):
+    base, seed = tiny_demo_params
+    params = DemoParams(
+        **{**base.model_dump(), "modality": "dermoscopy", "classes": ["naevus", "melanoma", "vascular"]}
+    )
+    truth = generate_demo(tmp_path, params, seed)
+    labels = pd.read_csv(tmp_path / "labels.csv")
+    assert set(labels["label"]) <= {"naevus", "melanoma", "vascular"}
+    kinds = Counter(it["kind"] for it in truth["items"])
+    assert (
+        kinds["near_duplicate"] == params.n_near_duplicates and kinds["overexposed"] == params.n_overexposed
+    )
+    # lesions have no orientation: no rotated or mirrored outlier is planted
+    subtypes = {it["subtype"] for it in truth["items"] if it["kind"] == "outlier"}
+    assert subtypes and not subtypes & {"rotated", "mirrored"}
+    planted = {it["path"] for it in truth["items"]}
+    clean = [p for p in labels["image_path"] if p not in planted]
+    img = cv2.imread(str(tmp_path / clean[0]), cv2.IMREAD_UNCHANGED)
+    assert img.ndim == 3 and img.shape[2] == 3
+    assert np.abs(img[..., 2].astype(int) - img[..., 0]).mean() > 5  # colour, not gray stored as RGB
+
+
+def test_modality_and_classes_must_agree():
+    with pytest.raises(ValueError, match="not findings of modality 'dermoscopy'"):
+        DemoParams(modality="dermoscopy")  # the chest classes are the default
+    assert DemoParams(image_size=28).image_size == 28  # a low-resolution demo is allowed

@@ -9,7 +9,13 @@ import pytest
 from pipeline.demo import render_radiograph, sample_anatomy, sample_view
 from pipeline.features import compute_features
 from pipeline.params import DedupParams
-from pipeline.similarity import _confirm_similarity, _pair_chunks, _reference_similarity, thumbnail_similarity
+from pipeline.similarity import (
+    _confirm_similarity,
+    _pair_chunks,
+    _reference_similarity,
+    shift_residual,
+    thumbnail_similarity,
+)
 
 
 def test_similarity_is_robust_to_shift_and_rejects_other_images() -> None:
@@ -28,9 +34,22 @@ def test_similarity_is_robust_to_shift_and_rejects_other_images() -> None:
     sim = thumbnail_similarity(
         t, np.array([0, 0, 0]), np.array([1, 2, 3]), max_shift=2, zooms=(1.0, 1.05, 1.1)
     )
-    assert sim[0] >= DedupParams().confirm_similarity
-    assert sim[1] < DedupParams().confirm_similarity
+    null = np.sqrt(shift_residual(t[[0, 0, 0]]) * shift_residual(t[[1, 2, 3]]))
+    ratio = (1.0 - sim) / null
+    assert ratio[0] <= DedupParams().confirm_residual_ratio
+    assert ratio[1] > DedupParams().confirm_residual_ratio
     assert sim[2] == -1.0
+    assert np.isnan(null[2])  # a flat thumbnail has no null: never confirmed
+
+
+def test_shift_residual_is_small_for_smooth_and_large_for_detailed_pictures() -> None:
+    yy, xx = np.mgrid[0:32, 0:32].astype(np.float32)
+    smooth = 100 + 60 * np.exp(-((xx - 16) ** 2 + (yy - 14) ** 2) / 120)
+    detailed = np.random.default_rng(0).uniform(0, 255, (32, 32)).astype(np.float32)
+    flat = np.full((32, 32), 50.0, np.float32)
+    r = shift_residual(np.stack([smooth, detailed, flat]))
+    assert r[0] < 0.05 < 0.5 < r[1]
+    assert np.isnan(r[2])
 
 
 def _random_thumbs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
