@@ -340,7 +340,12 @@ def _pairs(a: AuditInputs) -> str:
             _card(
                 f"pair {k}: <b class={'bad' if r.is_confirmed else 'ok'}>{verdict}</b>",
                 _thumb(r.image_id_a, a) + _thumb(r.image_id_b, a),
-                [f"similarity {r.similarity:.3f}, hash distance {r.distance}", patients, labels],
+                [
+                    f"similarity {r.similarity:.3f}, hash distance {r.distance}",
+                    _pair_ratios(r),
+                    patients,
+                    labels,
+                ],
             )
         )
     return (
@@ -348,10 +353,23 @@ def _pairs(a: AuditInputs) -> str:
         "<p class=note>Confirmed pairs across patients first, then the confirmed pairs closest to the threshold, "
         "then the rejected candidates that came closest. <b>copy</b>: the pixel check confirmed it; "
         "<b>not a copy</b>: similar hashes but different pictures. <b>similarity</b>: correlation of the aligned "
-        f"thumbnails (1 = identical; confirmed from {_fmt((a.dedup_metrics or {}).get('confirm_similarity'))}); "
-        "<b>hash distance</b>: bits that differ between the two perceptual hashes (0 = same hash).</p>"
+        "thumbnails (1 = identical); <b>hash distance</b>: bits that differ between the two perceptual hashes "
+        "(0 = same hash); <b>residual ratio</b>: the pair's pixel difference as a share of how much each image "
+        "differs from itself moved by one pixel (a copy when at most "
+        f"{_fmt((a.dedup_metrics or {}).get('confirm_residual_ratio'))}); <b>colour difference</b>: CIELAB "
+        "distance over a 4x4 grid, colour images only (a copy when at most "
+        f"{_fmt((a.dedup_metrics or {}).get('max_colour_difference'))}; about 2.3 is just noticeable).</p>"
         f"<div class='cards pairs'>{''.join(cards)}</div>"
     )
+
+
+def _pair_ratios(r: Any) -> str:
+    """The two numbers the confirmation decided on (absent from tables of older runs)."""
+    ratio, colour = getattr(r, "residual_ratio", None), getattr(r, "colour_difference", None)
+    parts = [] if ratio is None or pd.isna(ratio) else [f"residual ratio {ratio:.2f}"]
+    if colour is not None and not pd.isna(colour):
+        parts.append(f"colour difference {colour:.1f}")
+    return ", ".join(parts)
 
 
 def _section_leakage(a: AuditInputs) -> str:

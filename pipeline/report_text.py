@@ -77,7 +77,11 @@ DEDUP = {
     "n_candidates": "pairs with similar perceptual hashes, checked pixel by pixel",
     "n_candidates_confirmed": "candidate pairs the pixel check confirmed as copies",
     "n_candidates_rejected": "candidate pairs the pixel check found to be different images",
-    "confirm_similarity": "least aligned thumbnail correlation that confirms a pair (dedup.confirm_similarity)",
+    "n_candidates_rejected_for_colour": "rejected pairs whose colours differ (colour images only)",
+    "confirm_residual_ratio": "a pair is a copy when its pixel difference is at most this share of how much "
+    "each image differs from itself shifted by one pixel (dedup.confirm_residual_ratio)",
+    "max_colour_difference": "largest colour difference (CIELAB, over a 4x4 grid; about 2.3 is just "
+    "noticeable) between copies of colour images (dedup.max_colour_difference)",
     "hash_method": "perceptual hash used to find candidates",
     "max_distance": "largest Hamming distance (differing hash bits) between candidates",
 }
