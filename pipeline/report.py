@@ -700,13 +700,18 @@ def _section_outliers(a: AuditInputs) -> str:
     ]
     acc = m.get("orientation_accuracy") or {}
     if acc:
+        rows = [{"transform": t, "held-out accuracy": v} for t, v in acc.items()]
         out.append(
             "<p class=note>How often the orientation model tells each transform from upright on held-out "
-            "images (transforms below <code>outliers.min_orientation_accuracy</code> are not judged): "
-            + html.escape(_fmt(acc))
-            + "</p>"
+            "images (1 = always, 0.5 = a coin toss); transforms below "
+            "<code>outliers.min_orientation_accuracy</code> are not judged, so nothing is called e.g. "
+            "mirrored when the model cannot see mirroring in this dataset.</p>" + _table(pd.DataFrame(rows))
         )
     if a.outlier_gallery is not None and m.get("n_flagged"):
+        out.append(
+            "<p class=note>Gallery captions: the kind of finding and the outlier score (lower is worse; 0.00 "
+            "= the most extreme image of this dataset), then the file name. Worst first.</p>"
+        )
         out.append(_img(png_data_uri(a.outlier_gallery), "flagged outliers"))
     if a.outliers is not None and "is_outlier_issue" in a.outliers.columns:
         flagged = a.outliers[a.outliers["is_outlier_issue"].astype(bool)].sort_values("outlier_score")

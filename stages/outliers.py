@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         if pixels is not None:
             images.append(pixels)
-            captions.append(f"{row.outlier_kind} {getattr(row, score_col('outlier')):.2f}")
+            score = getattr(row, score_col("outlier"))
+            captions.append(f"{row.outlier_kind} {score:.2f}\n{Path(str(row.image_id)).name}")
     metrics = ol.summarize(table, info, time.perf_counter() - t0)
 
     write_parquet(table, args.out)
