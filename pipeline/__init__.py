@@ -24,6 +24,7 @@ STAGE_LOGIC = {
     "hamming_index": "dedup",
     "similarity": "dedup",
     "outliers": "outliers",
+    "mirror": "outliers",
     "curate": "curate",
     "split": "split",
     "normalize": "normalize",

@@ -65,6 +65,9 @@ For ``dedup``:
         intensity-normalized gray thumbnail (stretched from its own 1st to 99th percentile to 0..255,
         resized to ``thumb_size x thumb_size`` ignoring aspect ratio). Decode with
         ``np.frombuffer(row.thumb, np.uint8).reshape(row.thumb_size, row.thumb_size)``.
+    ``thumb_large`` (bytes, ``LARGE_THUMB**2`` = 64 x 64 uint8 values): the same thumbnail at
+        :data:`LARGE_THUMB` px, for the outliers stage's mirror model, which needs the few pixels
+        where a film's left and right differ (:mod:`pipeline.mirror`); 4 KB an image.
     ``chroma`` (bytes): colour images only (empty for gray and gray-as-RGB ones): the mean CIELAB
         a*, b* of each cell of a 4 x 4 grid (:func:`chroma_grid`), int8, so dedup can tell apart
         two images whose gray thumbnails match but whose colours differ.
@@ -89,6 +92,8 @@ WORK_PX = 256
 """Longest side of the working copy on which all but the pixel hash are measured."""
 BLUR_LEVELS = (WORK_PX, 128, 64)
 """Longest sides at which ``sharpness_<side>`` is measured (downscale only, never upscaled)."""
+LARGE_THUMB = 64
+"""Side of the ``thumb_large`` thumbnail (the mirror model's input)."""
 _NOISE_PX = 128  # the pyramid level on which structure_snr is measured
 
 _GRAY_RGB_TOL = 0.01  # mean channel spread (fraction of full scale) below which RGB counts as gray
@@ -236,13 +241,12 @@ def compute_features(
     else:
         gray8 = _stretch_lut(gray_raw, *_hist_percentiles(cdf, (0.5, 99.5)), int(q_raw[6]))
     out.update(perceptual_hashes(gray8, hashes))
-    thumb = cv2.resize(  # stretched from the 1st to the 99th percentile
-        _stretch_lut(gray_raw, q_raw[1], q_raw[5], int(q_raw[6])),
-        (thumb_size, thumb_size),
-        interpolation=cv2.INTER_AREA,
-    )
+    stretched = _stretch_lut(gray_raw, q_raw[1], q_raw[5], int(q_raw[6]))  # 1st to 99th percentile
+    thumb = cv2.resize(stretched, (thumb_size, thumb_size), interpolation=cv2.INTER_AREA)
     out["thumb"] = thumb.tobytes()
     out["thumb_size"] = int(thumb_size)
+    large = cv2.resize(stretched, (LARGE_THUMB, LARGE_THUMB), interpolation=cv2.INTER_AREA)
+    out["thumb_large"] = large.tobytes()
     out["chroma"] = b"" if n_channels == 1 or out["is_gray_rgb"] else chroma_grid(small, full_scale).tobytes()
     return out
 

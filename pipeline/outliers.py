@@ -49,8 +49,10 @@ from sklearn.decomposition import PCA
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.preprocessing import StandardScaler
 
+from pipeline import mirror
 from pipeline.contract import flag_col, score_col
 from pipeline.errors import InputError
+from pipeline.features import LARGE_THUMB
 from pipeline.quality import z_to_score
 
 log = logging.getLogger(__name__)
@@ -67,7 +69,7 @@ OUTLIER_COLUMNS = [
     "orientation_score",
     "atypicality_z",
 ]
-FEATURE_COLUMNS = ["image_id", "thumb", "thumb_size", "colorfulness", "channel_diff"]
+FEATURE_COLUMNS = ["image_id", "thumb", "thumb_size", "thumb_large", "colorfulness", "channel_diff"]
 """Columns of features.parquet read by :func:`find_outliers`."""
 
 # The 16 versions of an image: (quarter turns counter-clockwise, mirrored first, inverted).
@@ -137,6 +139,19 @@ def thumbnail_stack(features: pd.DataFrame) -> np.ndarray:
         raise InputError(f"features: thumbnails of several sizes {sorted(sizes)}; re-run ingest")
     s = int(sizes[0]) if len(sizes) else 32
     buf = b"".join(features["thumb"].tolist())
+    return np.frombuffer(buf, np.uint8).reshape(len(features), s, s)
+
+
+def large_thumbnail_stack(features: pd.DataFrame) -> np.ndarray:
+    """The ``thumb_large`` column (:data:`pipeline.features.LARGE_THUMB` px) as (N, S, S) uint8.
+
+    Raises:
+        InputError: If the column is missing (a features table from an older ingest).
+    """
+    if "thumb_large" not in features.columns:
+        raise InputError("features: no thumb_large column (written by an older ingest); re-run ingest")
+    s = LARGE_THUMB
+    buf = b"".join(features["thumb_large"].tolist())
     return np.frombuffer(buf, np.uint8).reshape(len(features), s, s)
 
 
@@ -297,14 +312,14 @@ def orientation_scores(
         train: Boolean (N,): images the model may learn from (the typical ones).
         max_train: Most images the models learn from (a seeded sample), so the cost is bounded.
         min_accuracy: A transform is judged only if the models tell it from the identity at least
-            this often on held-out images (pairwise accuracy); others keep score 1. A mirrored
-            image is only recognizable where anatomy or markers are asymmetric enough.
+            this often on held-out images (pairwise accuracy); others keep score 1.
         seed: Sampling seed.
 
     Returns:
         ``(best, score, accuracy)``: the most likely stored transform per image among the judged
-        ones (index into :data:`TRANSFORMS`), ``p(identity) / p(best)`` in (0, 1], and the
-        held-out pairwise accuracy identity-vs-transform per transform name.
+        ones, none of them mirrored (index into :data:`TRANSFORMS`), ``p(identity) / p(best)``
+        in (0, 1], and the held-out pairwise accuracy identity-vs-transform per transform name
+        (the 7 rotations and inversions).
     """
     n = thumbs.shape[0]
     rng = np.random.default_rng(seed)
@@ -333,19 +348,21 @@ def orientation_scores(
                 * ((logp[a, IDENTITY] > logp[a, g]).mean() + (logp[b, g] > logp[b, IDENTITY]).mean())
                 / len(models)
             )
-    judged = pairwise >= min_accuracy
+    # Mirroring is the mirror model's to judge (pipeline.mirror): here a version and its mirror
+    # image are one candidate, named without the mirror. Otherwise an inverted film would be named
+    # "invert+flip" at random, and undoing that would give a mirrored film.
+    unmirrored = np.array([f == 0 for _, f, _ in TRANSFORMS])
+    post = np.logaddexp(post, post[:, COMPOSE[:, FLIP]])
+    judged = (pairwise >= min_accuracy) & unmirrored
     judged[IDENTITY] = True
-    if not judged[FLIP]:
-        # Mirroring is not recognizable here, so a version and its mirror image are one candidate
-        # (named without the mirror): otherwise an inverted film would be named "invert+flip" at
-        # random and undoing that would give a mirrored film.
-        post = np.logaddexp(post, post[:, COMPOSE[:, FLIP]])
-        judged &= np.array([f == 0 for _, f, _ in TRANSFORMS])
     post[:, ~judged] = -np.inf
     best = post.argmax(axis=1)
     score = np.exp(np.clip(post[:, IDENTITY] - post[np.arange(n), best], -700, 0))
-    accuracy = {transform_name(t): round(float(a), 4) for t, a in zip(TRANSFORMS, pairwise, strict=True)}
-    accuracy.pop("identity")
+    accuracy = {
+        transform_name(t): round(float(a), 4)
+        for t, a, keep in zip(TRANSFORMS, pairwise, unmirrored, strict=True)
+        if keep and t != TRANSFORMS[IDENTITY]
+    }
     return best, score, accuracy
 
 
@@ -360,6 +377,8 @@ def find_outliers(
     max_orientation_images: int,
     min_orientation_accuracy: float,
     seed: int,
+    mirror_epochs: int = 8,
+    device: Any = None,
     aspect: pd.Series | None = None,
     skip: Sequence[str] = (),
 ) -> tuple[pd.DataFrame, dict]:
@@ -370,8 +389,11 @@ def find_outliers(
         threshold: Flag when ``outlier_score < threshold``.
         robust_z_cut: Robust SDs beyond the median that score 0.1.
         max_orientation_images: Most images the orientation model learns from.
-        min_orientation_accuracy: See :func:`orientation_scores`.
-        seed: Seed of the orientation model's sample.
+        min_orientation_accuracy: See :func:`orientation_scores`; the mirror model's held-out
+            accuracy must reach it too.
+        seed: Seed of the orientation models' samples and initialization.
+        mirror_epochs: Training passes of the mirror model (:mod:`pipeline.mirror`).
+        device: torch device of the mirror model (None = CPU).
         aspect: ``width / height`` per image_id (manifest); None = thumbnails taken as square.
         skip: image ids not scored (no structure to judge: quality's ``low_information``).
 
@@ -411,10 +433,29 @@ def find_outliers(
     z = model.z(x)
     atyp = z_to_score(-z, robust_z_cut)
 
+    typical = z < robust_z_cut
     best, orient, info["orientation_accuracy"] = orientation_scores(
-        center_thumbs(thumbs), z < robust_z_cut, max_train=max_orientation_images,
+        center_thumbs(thumbs), typical, max_train=max_orientation_images,
         min_accuracy=min_orientation_accuracy, seed=seed,
     )  # fmt: skip
+
+    # Mirroring: the mirror model on the larger thumbnail, judged only on films the linear model
+    # calls upright (a rotated or inverted film is already named).
+    large = large_thumbnail_stack(features.iloc[idx])
+    if aspect is not None:
+        large = restore_aspect(large, ratio)
+    s, mirror_acc = mirror.mirror_scores(
+        center_thumbs(large), typical, max_train=max_orientation_images, epochs=mirror_epochs,
+        seed=seed, device=device,
+    )  # fmt: skip
+    info["orientation_accuracy"]["flip"] = None if mirror_acc is None else round(mirror_acc, 4)
+    info["mirror_judged"] = mirror_acc is not None and mirror_acc >= min_orientation_accuracy
+    if info["mirror_judged"]:
+        mirrored = (best == IDENTITY) & (s > 0)
+        mirror_score = np.exp(-np.clip(s, 0, 700))
+        use = mirrored & (mirror_score < orient)
+        best[use] = FLIP
+        orient = np.where(use, mirror_score, orient)
     score = np.minimum(atyp, orient)
     flagged = score < threshold
 

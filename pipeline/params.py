@@ -357,6 +357,12 @@ class OutliersParams(Section):
         default=0.95,
         description="Judge a rotation/mirror/inversion only if the model tells it from upright this often.",
     )
+    mirror_epochs: Annotated[int, Field(ge=1, le=100)] = Field(
+        default=8, description="Training passes of the self-supervised mirror CNN (at least 150 steps)."
+    )
+    device: Literal["auto", "cuda", "mps", "cpu"] = Field(
+        default="auto", description="Device of the mirror CNN."
+    )
     n_gallery: PositiveInt = 24
 
 

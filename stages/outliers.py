@@ -19,6 +19,7 @@ import pandas as pd
 
 from pipeline import outliers as ol
 from pipeline.contract import STATUS_OK, flag_col, score_col
+from pipeline.inference import select_device
 from pipeline.io import write_json, write_parquet, write_png
 from pipeline.sheets import make_contact_sheet, read_for_sheet
 from stages._cli import run, start
@@ -43,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     table, info = ol.find_outliers(
         features, threshold=p.threshold, robust_z_cut=p.robust_z, max_orientation_images=p.max_orientation_images,
-        min_orientation_accuracy=p.min_orientation_accuracy, seed=params.seed, aspect=aspect,
+        min_orientation_accuracy=p.min_orientation_accuracy, seed=params.seed, mirror_epochs=p.mirror_epochs,
+        device=select_device(p.device), aspect=aspect,
         skip=quality.loc[quality[flag_col("low_information")].astype(bool), "image_id"].tolist(),
     )  # fmt: skip
 

@@ -18,7 +18,9 @@ PARAMS = dict(
 
 def _row(image_id: str, pixels: np.ndarray, bit_depth: int = 8) -> dict:
     f = compute_features(pixels, bit_depth)
-    return {k: f[k] for k in ("thumb", "thumb_size", "colorfulness", "channel_diff")} | {"image_id": image_id}
+    return {k: f[k] for k in ("thumb", "thumb_size", "thumb_large", "colorfulness", "channel_diff")} | {
+        "image_id": image_id
+    }
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +124,17 @@ def test_a_set_without_canonical_orientation_gets_no_rotated_or_mirrored_flag():
     table, info = ol.find_outliers(pd.DataFrame(rows), **PARAMS)
     assert not table["outlier_kind"].isin(["rotated", "mirrored"]).any()
     assert info["orientation_accuracy"]["rot90"] < 0.8 and info["orientation_accuracy"]["flip"] < 0.8
+
+
+def test_mirror_model_is_antisymmetric_and_thumb_large_is_the_same_picture(radiographs):
+    from pipeline import mirror
+
+    f = compute_features(radiographs[0], 8)
+    large = np.frombuffer(f["thumb_large"], np.uint8).reshape(64, 64)
+    small = np.frombuffer(f["thumb"], np.uint8).reshape(32, 32)
+    assert np.abs(ol.cv2.resize(large, (32, 32), interpolation=ol.cv2.INTER_AREA).astype(int) - small).max() <= 2
+    g = mirror.MirrorNet(64).eval()
+    x = mirror._to_tensor(np.stack(radiographs[:4]))
+    s = mirror.mirror_log_odds(g, x).detach()
+    s_flipped = mirror.mirror_log_odds(g, mirror.torch.flip(x, dims=[3])).detach()
+    assert np.allclose(s.numpy(), -s_flipped.numpy(), atol=1e-5)
