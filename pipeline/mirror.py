@@ -107,12 +107,14 @@ def train_mirror_model(
 
 
 @torch.no_grad()
-def score(g: nn.Module, x: torch.Tensor, device: torch.device) -> np.ndarray:
-    """Mean of :func:`mirror_log_odds` over the five shifted views of each image (N,)."""
-    unit = max(1, x.shape[-1] // 32)
+def score(g: nn.Module, thumbs: np.ndarray, device: torch.device) -> np.ndarray:
+    """Mean of :func:`mirror_log_odds` over the five shifted views of each (S, S) uint8 thumbnail
+    (N,); converted to float a batch at a time, so a large dataset is never whole in float."""
+    unit = max(1, thumbs.shape[-1] // 32)
     out = []
-    for start in range(0, len(x), 4 * BATCH):
-        batch = x[start : start + 4 * BATCH].to(device)
+    starts = range(0, len(thumbs), 4 * BATCH)
+    for start in tqdm(starts, desc="outliers: mirror scores", leave=False, disable=len(starts) < 40):
+        batch = _to_tensor(thumbs[start : start + 4 * BATCH]).to(device)
         views = [
             mirror_log_odds(g, torch.roll(batch, (dy * unit, dx * unit), dims=(2, 3))) for dy, dx in _SHIFTS
         ]
@@ -153,21 +155,22 @@ def mirror_scores(
     rng = np.random.default_rng(seed)
     pool = rng.permutation(pool)[:max_train]
     halves = (pool[0::2], pool[1::2])
-    x = _to_tensor(thumbs)
     steps = [max(epochs * max(1, -(-len(h) // BATCH)), _MIN_STEPS) for h in halves]
     with tqdm(total=sum(steps), desc="outliers: mirror model", unit="step", leave=False) as bar:
         models = [
-            train_mirror_model(x[h], epochs=epochs, seed=seed + k, device=device, progress=bar)
+            train_mirror_model(
+                _to_tensor(thumbs[h]), epochs=epochs, seed=seed + k, device=device, progress=bar
+            )
             for k, h in enumerate(halves)
         ]
     s = np.zeros(n)
     for k, g in enumerate(models):
         held = halves[1 - k]
-        s[held] = score(g, x[held], device)
+        s[held] = score(g, thumbs[held], device)
     unseen = np.ones(n, bool)
     unseen[pool] = False
     if unseen.any():
         rows = np.flatnonzero(unseen)
-        s[rows] = np.mean([score(g, x[rows], device) for g in models], axis=0)
+        s[rows] = np.mean([score(g, thumbs[rows], device) for g in models], axis=0)
     accuracy = float((s[pool] < 0).mean())
     return s, accuracy

@@ -488,6 +488,7 @@ def summarize(table: pd.DataFrame, info: dict, seconds: float) -> dict:
         "n_flagged": len(flagged),
         "flagged_by_kind": {k: int((flagged["outlier_kind"] == k).sum()) for k in KINDS},
         "orientation_accuracy": info.get("orientation_accuracy"),
+        "mirror_judged": info.get("mirror_judged"),
         "seconds": round(float(seconds), 2),
     }
 

@@ -702,8 +702,10 @@ def _section_outliers(a: AuditInputs) -> str:
     if acc:
         rows = [{"transform": t, "held-out accuracy": v} for t, v in acc.items()]
         out.append(
-            "<p class=note>How often the orientation model tells each transform from upright on held-out "
-            "images (1 = always, 0.5 = a coin toss); transforms below "
+            "<p class=note>How often the orientation models tell each transform from upright on held-out "
+            "images (1 = always, 0.5 = a coin toss): rotations and inversions by the linear model on "
+            "32 px thumbnails, <code>flip</code> (mirroring) by the mirror CNN on 64 px thumbnails (empty "
+            "when there were too few typical images to train it). Transforms below "
             "<code>outliers.min_orientation_accuracy</code> are not judged, so nothing is called e.g. "
             "mirrored when the model cannot see mirroring in this dataset.</p>" + _table(pd.DataFrame(rows))
         )

@@ -128,6 +128,7 @@ OUTLIERS = {
     "n_scored": "images with a score (the others could not be measured)",
     "n_flagged": "images flagged as not belonging",
     "flagged_by_kind": "flagged images per kind (atypical, rotated, mirrored, inverted)",
+    "mirror_judged": "whether the mirror CNN told films from their mirror images well enough to judge them",
     "seconds": "time the check took",
 }
 

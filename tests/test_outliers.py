@@ -132,7 +132,9 @@ def test_mirror_model_is_antisymmetric_and_thumb_large_is_the_same_picture(radio
     f = compute_features(radiographs[0], 8)
     large = np.frombuffer(f["thumb_large"], np.uint8).reshape(64, 64)
     small = np.frombuffer(f["thumb"], np.uint8).reshape(32, 32)
-    assert np.abs(ol.cv2.resize(large, (32, 32), interpolation=ol.cv2.INTER_AREA).astype(int) - small).max() <= 2
+    assert (
+        np.abs(ol.cv2.resize(large, (32, 32), interpolation=ol.cv2.INTER_AREA).astype(int) - small).max() <= 2
+    )
     g = mirror.MirrorNet(64).eval()
     x = mirror._to_tensor(np.stack(radiographs[:4]))
     s = mirror.mirror_log_odds(g, x).detach()
