@@ -129,6 +129,8 @@ OUTLIERS = {
     "n_flagged": "images flagged as not belonging",
     "flagged_by_kind": "flagged images per kind (atypical, rotated, mirrored, inverted)",
     "mirror_judged": "whether the mirror CNN told films from their mirror images well enough to judge them",
+    "not_judged_would_flag": "per transform that is not judged: typical images a model would call stored that "
+    "way (not flagged; listed below when there are any)",
     "seconds": "time the check took",
 }
 

@@ -4,7 +4,8 @@ part, non-medical pictures, inverted, rotated or mirrored images), scored relati
 Reads:  ``--manifest`` (image_id, path, width, height, status), ``--features`` (thumbnails and
         colour measures from ingest), ``--quality`` (images without structure are not judged).
 Writes: ``--out`` (data/interim/outliers.parquet: image_id, outlier_score, is_outlier_issue,
-        outlier_kind, orientation, atypicality_score, orientation_score, atypicality_z),
+        outlier_kind, orientation, atypicality_score, orientation_score, atypicality_z,
+        unjudged_orientation),
         ``--gallery`` (reports/outliers/gallery.png), ``--metrics`` (metrics/outliers.json).
 Params: ``seed``, ``outliers.*``, ``data.root``, ``ingest.max_pixels``, ``ingest.multi_frame``.
 """

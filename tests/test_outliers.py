@@ -140,3 +140,25 @@ def test_mirror_model_is_antisymmetric_and_thumb_large_is_the_same_picture(radio
     s = mirror.mirror_log_odds(g, x).detach()
     s_flipped = mirror.mirror_log_odds(g, mirror.torch.flip(x, dims=[3])).detach()
     assert np.allclose(s.numpy(), -s_flipped.numpy(), atol=1e-5)
+
+
+def test_a_set_with_many_mirrored_films_is_not_judged_but_they_are_listed(radiographs, caplog):
+    # One film in eight stored mirrored (a site that stores them so): held-out accuracy counts them as
+    # errors and falls below the gate, so mirroring is not judged; they must still be named, not lost.
+    rows = [
+        _row(
+            f"{'m' if i % 8 == 0 else 'c'}{i:03d}",
+            np.ascontiguousarray(burn_marker(im)[:, :: -1 if i % 8 == 0 else 1]),
+        )
+        for i, im in enumerate(radiographs)
+    ]
+    table, info = ol.find_outliers(pd.DataFrame(rows), **PARAMS)
+    assert (
+        not info["mirror_judged"]
+        and info["orientation_accuracy"]["flip"] < PARAMS["min_orientation_accuracy"]
+    )
+    listed = table.loc[table["unjudged_orientation"] == "flip", "image_id"]
+    assert len(listed) >= 5 and listed.str.startswith("m").all(), listed.tolist()
+    assert info["not_judged_would_flag"] == {"flip": len(listed)}
+    assert not table["is_outlier_issue"].any()
+    assert "look stored turned" in caplog.text
