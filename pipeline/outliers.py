@@ -228,6 +228,18 @@ def atypicality_features(thumbs: np.ndarray, colour: np.ndarray) -> np.ndarray:
     return np.concatenate([pixel_features(thumbs), shape_features(thumbs), colour.astype(np.float32)], axis=1)
 
 
+def colour_z(colour: np.ndarray, floor: float = 0.01) -> np.ndarray:
+    """Largest two-sided robust z-score of each image's colour measures (colourfulness, channel
+    difference; fractions of full scale) against the dataset's, the scale floored at ``floor`` (the
+    channel spread below which an RGB file counts as gray), so the JPEG chroma noise of a gray set
+    is not a finding."""
+    if colour.shape[0] == 0:
+        return np.zeros(0)
+    med = np.median(colour, axis=0)
+    scale = np.maximum(np.median(np.abs(colour - med), axis=0) * 1.4826, floor)
+    return np.abs((colour - med) / scale).max(axis=1)
+
+
 class Atypicality:
     """Probabilistic PCA of standardized features, fitted on typical images (two passes)."""
 
@@ -481,7 +493,9 @@ def find_outliers(
         if g != IDENTITY
     }
     info["not_judged_would_flag"] = would
-    if sum(would.values()) >= max(2, 0.01 * idx.size):
+    # A model near chance still makes a few confident calls; from 1 % of the set they are worth a look.
+    info["not_judged_warning"] = sum(would.values()) >= max(2, 0.01 * idx.size)
+    if info["not_judged_warning"]:
         log.warning(
             "outliers: %d images (%s) look stored turned to an orientation model whose held-out accuracy is "
             "below outliers.min_orientation_accuracy %.2f, so they are not flagged. If that share of the set "
@@ -493,13 +507,16 @@ def find_outliers(
     flagged = score < threshold
 
     # Undo the transform the orientation model names: a typical result means "stored the wrong way".
+    # Turning an image does not change its colour, so one whose colour is foreign to the set (a gray
+    # CT slice among skin photographs, whose negative may resemble a lesion) stays atypical.
     kind = np.full(idx.size, "", dtype=object)
     turned = flagged & (best != IDENTITY) & (orient < threshold)
+    colour_typical = colour_z(colour) < robust_z_cut
     for g in np.unique(best[turned]):
         rows = np.flatnonzero(turned & (best == g))
         undone = apply_transform(thumbs[rows], TRANSFORMS[INVERSE[g]])
         z_undone = model.z(atypicality_features(undone, colour[rows]))
-        kind[rows] = np.where(z_undone < robust_z_cut, kind_of(int(g)), "atypical")
+        kind[rows] = np.where((z_undone < robust_z_cut) & colour_typical[rows], kind_of(int(g)), "atypical")
     kind[flagged & (kind == "")] = "atypical"
 
     out.loc[idx, score_col(ISSUE)] = score
@@ -524,6 +541,7 @@ def summarize(table: pd.DataFrame, info: dict, seconds: float) -> dict:
         "orientation_accuracy": info.get("orientation_accuracy"),
         "mirror_judged": info.get("mirror_judged"),
         "not_judged_would_flag": info.get("not_judged_would_flag") or {},
+        "not_judged_warning": bool(info.get("not_judged_warning")),
         "seconds": round(float(seconds), 2),
     }
 

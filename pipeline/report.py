@@ -710,7 +710,11 @@ def _section_outliers(a: AuditInputs) -> str:
             "mirrored when the model cannot see mirroring in this dataset.</p>" + _table(pd.DataFrame(rows))
         )
     would = m.get("not_judged_would_flag") or {}
-    if would and a.outliers is not None and "unjudged_orientation" in a.outliers.columns:
+    if (
+        m.get("not_judged_warning")
+        and a.outliers is not None
+        and "unjudged_orientation" in a.outliers.columns
+    ):
         listed = a.outliers[a.outliers["unjudged_orientation"].astype(str) != ""]
         out.append(
             f"<p class=warn><b>Warning:</b> {sum(would.values())} typical images look stored turned "

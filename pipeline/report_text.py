@@ -130,7 +130,8 @@ OUTLIERS = {
     "flagged_by_kind": "flagged images per kind (atypical, rotated, mirrored, inverted)",
     "mirror_judged": "whether the mirror CNN told films from their mirror images well enough to judge them",
     "not_judged_would_flag": "per transform that is not judged: typical images a model would call stored that "
-    "way (not flagged; listed below when there are any)",
+    "way (not flagged; a model near chance makes a few such calls)",
+    "not_judged_warning": "whether those are 1 % of the scored images or more: then they are listed below",
     "seconds": "time the check took",
 }
 

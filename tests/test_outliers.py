@@ -159,6 +159,22 @@ def test_a_set_with_many_mirrored_films_is_not_judged_but_they_are_listed(radiog
     )
     listed = table.loc[table["unjudged_orientation"] == "flip", "image_id"]
     assert len(listed) >= 5 and listed.str.startswith("m").all(), listed.tolist()
-    assert info["not_judged_would_flag"] == {"flip": len(listed)}
+    assert info["not_judged_would_flag"] == {"flip": len(listed)} and info["not_judged_warning"]
     assert not table["is_outlier_issue"].any()
     assert "look stored turned" in caplog.text
+
+
+def test_an_image_whose_colour_is_foreign_is_atypical_not_turned(radiographs):
+    # A tinted (colour) set: an inverted tinted film is "inverted"; an inverted gray one is not just
+    # stored the wrong way, since undoing the inversion leaves a gray image among colour ones.
+    def tint(im: np.ndarray) -> np.ndarray:
+        return np.dstack([im, (im * 0.75).astype(np.uint8), (im * 0.5).astype(np.uint8)])
+
+    rows = [_row(f"c{i:03d}", tint(im)) for i, im in enumerate(radiographs)]
+    rng = np.random.default_rng(1)
+    film = render_radiograph(sample_anatomy(rng), sample_view(rng), "normal", 64, 64, rng)
+    rows.append(_row("x_inverted_tinted", 255 - tint(film)))
+    rows.append(_row("x_inverted_gray", 255 - film))  # the same gray thumbnail, no colour
+    table, _ = ol.find_outliers(pd.DataFrame(rows), **PARAMS)
+    flagged = table[table["is_outlier_issue"]].set_index("image_id")["outlier_kind"].to_dict()
+    assert flagged == {"x_inverted_tinted": "inverted", "x_inverted_gray": "atypical"}
