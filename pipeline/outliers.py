@@ -1,7 +1,7 @@
 """Outliers: images that do not belong in this dataset, scored relative to the dataset itself.
 
-Two measures, both computed from the 32x32 intensity-normalized thumbnails that ingest already
-stored in features.parquet (no image is decoded again), both relative to the dataset at hand:
+Three measures, computed from the 32x32 and 64x64 intensity-normalized thumbnails that ingest
+already stored in features.parquet (no image is decoded again), all relative to the dataset at hand:
 
 * **Atypicality** (another view, modality or body part, a photo, a document, ...). Each thumbnail
   becomes a vector (a 16x16 copy and its row and column profiles, plus the colour measures of
@@ -16,7 +16,7 @@ stored in features.parquet (no image is decoded again), both relative to the dat
 * **Orientation** (rotated by 90/180/270 degrees, mirrored, inverted). A self-supervised model
   (Gidaris et al. 2018, "RotNet", extended to the dihedral group and to intensity inversion) is
   trained on the dataset itself, labels not needed: every typical image is shown in its 16
-  versions (4 rotations x mirror x inversion) and a logistic regression learns which version it
+  versions (4 rotations x mirror x inversion) and a linear discriminant learns which version it
   sees. An image ``x`` stored as ``g(u)`` for an upright ``u`` is scored by how well each
   candidate ``g`` explains all 16 of its own versions, ``log p(g) ~ mean_t log p(t∘g | t(x))``
   (test-time augmentation: 16 opinions instead of one); the orientation score is
@@ -24,12 +24,19 @@ stored in features.parquet (no image is decoded again), both relative to the dat
   image is scored by a model that saw it). In a dataset without a canonical orientation
   (histology tiles) the model cannot tell the versions apart and nothing is flagged: a transform
   is judged only when the models tell it from the identity on held-out images at least
-  ``min_orientation_accuracy`` of the time (pairwise), so a weak cue does not flood the list.
+  ``min_orientation_accuracy`` of the time (pairwise), so a weak cue does not flood the list. This
+  linear model does not judge mirroring (a version and its mirror image are one candidate).
+* **Mirroring**: an antisymmetric CNN on the 64x64 thumbnails (:mod:`pipeline.mirror`), trained
+  and gated the same way, on images the linear model calls upright; score ``exp(-s)`` for its
+  mirror log-odds ``s``. A transform that is not judged flags nothing, but the images a model would
+  have flagged are named in ``unjudged_orientation`` (a set of which a share is stored turned pulls
+  the held-out accuracy down by that share).
 
 ``outlier_score = min(atypicality, orientation)``; ``is_outlier_issue = outlier_score <
-threshold``. The ``outlier_kind`` of a flagged image: when the orientation model names a
-transform ``g`` and undoing it gives a typical image, ``rotated`` / ``mirrored`` / ``inverted``
-(``orientation`` names ``g``, e.g. ``rot90``, ``flip``, ``invert``); otherwise ``atypical``.
+threshold``. The ``outlier_kind`` of a flagged image: when an orientation model names a
+transform ``g``, undoing it gives a typical image and the image's colour is typical of the set
+(:func:`colour_z`), ``rotated`` / ``mirrored`` / ``inverted`` (``orientation`` names ``g``, e.g.
+``rot90``, ``flip``, ``invert``); otherwise ``atypical``.
 
 Images with no structure at all (quality's ``low_information``: blank, constant) cannot be
 judged and are not scored (score 1): they are quality's finding.
@@ -380,7 +387,7 @@ def orientation_scores(
     # set of which a large share is stored turned (which pulls the held-out accuracy down) is seen.
     any_best = np.where(unmirrored, post, -np.inf).argmax(axis=1)
     would = (~judged[any_best]) & (
-        post[:, IDENTITY] - post[np.arange(n), any_best] < np.log(would_flag_below)
+        post[:, IDENTITY] - post[np.arange(n), any_best] < np.log(max(would_flag_below, 1e-300))
     )
     unjudged = np.where(would, any_best, IDENTITY)
     post[:, ~judged] = -np.inf
