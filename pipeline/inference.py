@@ -19,8 +19,8 @@ from pipeline.errors import InputError
 from pipeline.processed import Normalizer
 
 
-def select_device(requested: str = "auto") -> torch.device:
-    """Resolve ``train.device`` / ``evaluate.device``: auto = cuda, then mps, then cpu.
+def select_device(requested: str = "auto", key: str = "train.device") -> torch.device:
+    """Resolve a ``device`` param (named ``key`` in messages): auto = cuda, then mps, then cpu.
 
     Raises:
         InputError: An explicitly requested device is not available.
@@ -32,11 +32,11 @@ def select_device(requested: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if requested == "cuda" and not torch.cuda.is_available():
-        raise InputError("train.device: 'cuda' requested but torch.cuda.is_available() is False")
+        raise InputError(f"{key}: 'cuda' requested but torch.cuda.is_available() is False")
     if requested == "mps" and not torch.backends.mps.is_available():
-        raise InputError("train.device: 'mps' requested but MPS is not available")
+        raise InputError(f"{key}: 'mps' requested but MPS is not available")
     if requested not in ("cuda", "mps", "cpu"):
-        raise InputError(f"train.device: expected auto|cuda|mps|cpu, got {requested!r}")
+        raise InputError(f"{key}: expected auto|cuda|mps|cpu, got {requested!r}")
     return torch.device(requested)
 
 

@@ -74,6 +74,12 @@ def _to_tensor(thumbs: np.ndarray) -> torch.Tensor:
     return (x - mean) / std
 
 
+def n_steps(n_images: int, epochs: int) -> int:
+    """Optimizer steps for ``n_images``: ``epochs`` passes, at least :data:`_MIN_STEPS` (a few
+    hundred images need many passes to learn a cue of a few pixels)."""
+    return max(epochs * max(1, -(-n_images // BATCH)), _MIN_STEPS)
+
+
 def train_mirror_model(
     x: torch.Tensor, *, epochs: int, seed: int, device: torch.device, progress: tqdm | None = None
 ) -> MirrorNet:
@@ -83,7 +89,7 @@ def train_mirror_model(
     size = x.shape[-1]
     g = MirrorNet(size).to(device)
     n_batches = max(1, -(-len(x) // BATCH))
-    steps = max(epochs * n_batches, _MIN_STEPS)
+    steps = n_steps(len(x), epochs)
     opt = torch.optim.AdamW(g.parameters(), _LR, weight_decay=1e-3)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, _LR, total_steps=steps)
     reach = max(1, size // 16)
@@ -137,7 +143,7 @@ def mirror_scores(
         thumbs: (N, S, S) uint8 (centred and aspect-restored like the linear model's input).
         train: Boolean (N,): images the models may learn from (the typical ones).
         max_train: Most images the models learn from (a seeded sample).
-        epochs: Passes over each half (at least :data:`_MIN_STEPS` steps are taken).
+        epochs: Passes over each half (see :func:`n_steps`).
         seed: Sampling and initialization seed.
         device: Where to train; None = CPU.
 
@@ -155,7 +161,7 @@ def mirror_scores(
     rng = np.random.default_rng(seed)
     pool = rng.permutation(pool)[:max_train]
     halves = (pool[0::2], pool[1::2])
-    steps = [max(epochs * max(1, -(-len(h) // BATCH)), _MIN_STEPS) for h in halves]
+    steps = [n_steps(len(h), epochs) for h in halves]
     with tqdm(total=sum(steps), desc="outliers: mirror model", unit="step", leave=False) as bar:
         models = [
             train_mirror_model(

@@ -500,15 +500,25 @@ def find_outliers(
         if g != IDENTITY
     }
     info["not_judged_would_flag"] = would
-    # A model near chance still makes a few confident calls; from 1 % of the set they are worth a look.
-    info["not_judged_warning"] = sum(would.values()) >= max(2, 0.01 * idx.size)
+    # A model that cannot see orientation (histology tiles) errs by doubt: its confident calls are a
+    # small part of its held-out errors (measured: at most an eighth). A share of the set stored turned
+    # shows as errors the model is confident about (measured: over half). A transform is worth a
+    # warning when its confident calls are at least a third of its held-out errors.
+    n_typical = max(1, int(typical.sum()))
+    accuracy = info["orientation_accuracy"]
+    info["not_judged_warning"] = sorted(
+        name
+        for name, count in would.items()
+        if count >= 2 and count / n_typical >= (1.0 - (accuracy.get(name) or 0.5)) / 3
+    )
     if info["not_judged_warning"]:
+        warned = {name: would[name] for name in info["not_judged_warning"]}
         log.warning(
-            "outliers: %d images (%s) look stored turned to an orientation model whose held-out accuracy is "
-            "below outliers.min_orientation_accuracy %.2f, so they are not flagged. If that share of the set "
-            "really is stored that way, the held-out accuracy counts them as its errors: look at them "
-            "(outliers.parquet, unjudged_orientation; the report lists them)",
-            sum(would.values()), would, min_orientation_accuracy,
+            "outliers: %d typical images (%s) look stored turned to an orientation model whose held-out "
+            "accuracy is below outliers.min_orientation_accuracy %.2f, so they are not flagged; they are "
+            "a third or more of its held-out errors, as a share of the set stored that way would be: look "
+            "at them (outliers.parquet, unjudged_orientation; the report lists them)",
+            sum(warned.values()), warned, min_orientation_accuracy,
         )  # fmt: skip
     score = np.minimum(atyp, orient)
     flagged = score < threshold
@@ -548,7 +558,7 @@ def summarize(table: pd.DataFrame, info: dict, seconds: float) -> dict:
         "orientation_accuracy": info.get("orientation_accuracy"),
         "mirror_judged": info.get("mirror_judged"),
         "not_judged_would_flag": info.get("not_judged_would_flag") or {},
-        "not_judged_warning": bool(info.get("not_judged_warning")),
+        "not_judged_warning": list(info.get("not_judged_warning") or []),
         "seconds": round(float(seconds), 2),
     }
 

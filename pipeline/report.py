@@ -709,20 +709,18 @@ def _section_outliers(a: AuditInputs) -> str:
             "<code>outliers.min_orientation_accuracy</code> are not judged, so nothing is called e.g. "
             "mirrored when the model cannot see mirroring in this dataset.</p>" + _table(pd.DataFrame(rows))
         )
-    would = m.get("not_judged_would_flag") or {}
-    if (
-        m.get("not_judged_warning")
-        and a.outliers is not None
-        and "unjudged_orientation" in a.outliers.columns
-    ):
-        listed = a.outliers[a.outliers["unjudged_orientation"].astype(str) != ""]
+    warned = m.get("not_judged_warning") or []
+    if warned and a.outliers is not None and "unjudged_orientation" in a.outliers.columns:
+        listed = a.outliers[a.outliers["unjudged_orientation"].astype(str).isin(warned)]
+        would = m.get("not_judged_would_flag") or {}
         out.append(
-            f"<p class=warn><b>Warning:</b> {sum(would.values())} typical images look stored turned "
-            f"({html.escape(', '.join(f'{k}: {v}' for k, v in would.items()))}) to an "
-            "orientation model whose held-out accuracy is below <code>outliers.min_orientation_accuracy</code>, "
-            "so they are not flagged. Either the model is too weak for this dataset, or a share of the set "
-            "really is stored that way, and the held-out accuracy counts those images as the model's errors. "
-            "Look at them:</p>" + _table(listed[["image_id", "unjudged_orientation"]], max_rows=a.n_gallery)
+            f"<p class=warn><b>Warning:</b> {len(listed)} typical images look stored turned "
+            f"({html.escape(', '.join(f'{k}: {would.get(k)}' for k in warned))}) to an orientation model whose "
+            "held-out accuracy is below <code>outliers.min_orientation_accuracy</code>, so they are not "
+            "flagged. They are a third or more of the model's held-out errors: a model that cannot see "
+            "orientation errs by doubt, not with confidence, so a share of the set may really be stored "
+            "that way (the held-out accuracy counts such images as errors). Look at them:</p>"
+            + _table(listed[["image_id", "unjudged_orientation"]], max_rows=a.n_gallery)
         )
     if a.outlier_gallery is not None and m.get("n_flagged"):
         out.append(

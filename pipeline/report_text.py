@@ -131,7 +131,8 @@ OUTLIERS = {
     "mirror_judged": "whether the mirror CNN told films from their mirror images well enough to judge them",
     "not_judged_would_flag": "per transform that is not judged: typical images a model would call stored that "
     "way (not flagged; a model near chance makes a few such calls)",
-    "not_judged_warning": "whether those are 1 % of the scored images or more: then they are listed below",
+    "not_judged_warning": "transforms whose such calls are a third or more of the model's held-out errors "
+    "(as a share of the set stored that way would be): their images are listed below",
     "seconds": "time the check took",
 }
 

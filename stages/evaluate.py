@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     labels = test_idx["label_index"].to_numpy(np.int64)
 
     model = ckpt.build_model()
-    device = select_device(p.device)
+    device = select_device(p.device, "evaluate.device")
     probs = predict_proba(model, test_x, normalizer, device, p.batch_size)
     val_x, val_idx = processed.split("val")
     val_labels = val_idx["label_index"].to_numpy(np.int64)

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     table, info = ol.find_outliers(
         features, threshold=p.threshold, robust_z_cut=p.robust_z, max_orientation_images=p.max_orientation_images,
         min_orientation_accuracy=p.min_orientation_accuracy, seed=params.seed, mirror_epochs=p.mirror_epochs,
-        device=select_device(p.device), aspect=aspect,
+        device=select_device(p.device, "outliers.device"), aspect=aspect,
         skip=quality.loc[quality[flag_col("low_information")].astype(bool), "image_id"].tolist(),
     )  # fmt: skip
 
